@@ -1,0 +1,180 @@
+"""Load-or-compute storage for heavy results, keyed by a frozen config dataclass.
+
+An artifact is a payload file ``<key>.<ext>`` beside ``<key>.json``, which records the
+config, rsbook version, git commit, device, wall time and the payload's sha256. ``key`` is
+``<config type>-<sha256 of the config's canonical JSON>[:12]``, so a changed setting never
+loads a stale result. Writes are atomic (temporary file, then rename); a computation that
+is killed keeps its resumable state in ``.work/<key>/`` and continues from it next time.
+Loading verifies the hash and refuses a corrupt payload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .provenance import provenance
+
+__all__ = ["ArtifactStore", "CorruptArtifactError", "config_key", "config_dict", "sha256_file", "atomic_write_text"]
+
+
+class CorruptArtifactError(RuntimeError):
+    """A stored artifact does not match its recorded hash or cannot be read."""
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """The config as a JSON-able dict, with its type name under ``"type"``."""
+    if not (dataclasses.is_dataclass(config) and not isinstance(config, type)):
+        raise TypeError(f"an artifact config must be a dataclass instance, got {type(config).__name__}")
+    return {"type": type(config).__name__, **dataclasses.asdict(config)}
+
+
+def config_key(config: Any) -> str:
+    """``<type>-<12 hex digits>``: a stable name for the config (same fields, same key)."""
+    d = config_dict(config)
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{d['type'].lower()}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ArtifactStore:
+    """A folder of artifacts.
+
+    Args:
+        root: the folder (created on first write).
+        recompute: ignore stored artifacts and compute them again (their resumable work
+            state is discarded too).
+    """
+
+    def __init__(self, root: str | Path, recompute: bool = False):
+        self.root = Path(root)
+        self.recompute = recompute
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({str(self.root)!r}, recompute={self.recompute})"
+
+    def paths(self, config: Any, ext: str) -> tuple[Path, Path]:
+        key = config_key(config)
+        return self.root / f"{key}.{ext}", self.root / f"{key}.json"
+
+    def work_dir(self, config: Any) -> Path:
+        """Where a computation keeps resumable state (checkpoints, partial logs)."""
+        return self.root / ".work" / config_key(config)
+
+    def exists(self, config: Any, ext: str) -> bool:
+        payload, meta = self.paths(config, ext)
+        return payload.exists() and meta.exists()
+
+    def metadata(self, config: Any, ext: str) -> dict[str, Any]:
+        """The stored metadata, after verifying the payload against its sha256."""
+        payload, meta_path = self.paths(config, ext)
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CorruptArtifactError(f"cannot read artifact metadata {meta_path}: {exc}. {self._fix(payload)}") from exc
+        if not payload.exists():
+            raise CorruptArtifactError(f"artifact {payload} is missing though {meta_path.name} exists. {self._fix(payload)}")
+        digest = sha256_file(payload)
+        if digest != meta.get("sha256"):
+            raise CorruptArtifactError(
+                f"artifact {payload} is corrupt: sha256 {digest[:16]}... does not match the recorded "
+                f"{str(meta.get('sha256'))[:16]}... {self._fix(payload)}"
+            )
+        return meta
+
+    @staticmethod
+    def _fix(payload: Path) -> str:
+        return f"Delete {payload.name} and its .json (or pass recompute=True) to compute it again."
+
+    def load_or_compute(
+        self,
+        config: Any,
+        compute: Callable[[Path, Path], dict[str, Any] | None],
+        ext: str,
+        device: torch.device | str | None = None,
+    ) -> tuple[Path, dict[str, Any]]:
+        """Return ``(payload path, metadata)``, computing the artifact first if needed.
+
+        ``compute(out_path, work_dir)`` writes the payload to ``out_path`` (a temporary name)
+        and may keep resumable state in ``work_dir``; it may return extra metadata. The
+        payload is moved into place only after it is complete.
+        """
+        payload, meta_path = self.paths(config, ext)
+        if self.recompute:
+            shutil.rmtree(self.work_dir(config), ignore_errors=True)
+        elif payload.exists() and meta_path.exists():
+            return payload, self.metadata(config, ext)
+        self.root.mkdir(parents=True, exist_ok=True)
+        work = self.work_dir(config)
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = payload.with_name(f".{payload.name}.tmp")
+        start = time.perf_counter()
+        extra = compute(tmp, work) or {}
+        wall = time.perf_counter() - start
+        if not tmp.exists():
+            raise RuntimeError(f"compute for {config_key(config)} did not write its payload")
+        meta = {
+            "key": config_key(config),
+            "config": config_dict(config),
+            "file": payload.name,
+            "sha256": sha256_file(tmp),
+            "bytes": tmp.stat().st_size,
+            "wall_time_s": round(wall + float(extra.pop("resumed_wall_time_s", 0.0)), 3),
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "provenance": provenance(device),
+            **extra,
+        }
+        os.replace(tmp, payload)
+        atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(work, ignore_errors=True)
+        return payload, meta
+
+    def load_tensors(self, config: Any, ext: str = "pt", map_location: str | torch.device = "cpu") -> Any:
+        """Load a verified ``torch.save`` payload with ``weights_only=True``."""
+        payload, _ = self.paths(config, ext)
+        self.metadata(config, ext)
+        try:
+            return torch.load(payload, map_location=map_location, weights_only=True)
+        except Exception as exc:
+            raise CorruptArtifactError(f"cannot load {payload}: {exc}. {self._fix(payload)}") from exc
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file, then rename (a killed write leaves the old file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

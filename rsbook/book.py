@@ -1,0 +1,219 @@
+"""The book pipeline: papermill executes each jupytext chapter, then Jupyter Book renders.
+
+``run_notebook`` validates parameters against the chapter's ``parameters`` cell (papermill
+itself only warns about unknown names), executes it with papermill and records run time,
+device and outcome. ``build_book`` runs every chapter into ``book/generated/``, writes the
+status page, builds the HTML with Jupyter Book (notebook execution off), and fails if any
+chapter failed -- after building, so the failed notebook and its traceback are on the page.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from .profiles import check_profile, repo_root
+
+__all__ = ["UnknownParameterError", "read_parameters", "coerce_parameters", "run_notebook", "build_book", "chapters"]
+
+
+class UnknownParameterError(ValueError):
+    """A parameter that the notebook's ``parameters`` cell does not define."""
+
+
+def chapters(root: Path | None = None) -> list[Path]:
+    """The chapter sources, in book order (``notebooks/*.md``, sorted by name)."""
+    root = root or repo_root()
+    return sorted((root / "notebooks").glob("*.md"))
+
+
+def notebook_source(name: str | Path, root: Path | None = None) -> Path:
+    """Resolve ``00_randomized_smoothing``, ``notebooks/00_randomized_smoothing.md`` or a path."""
+    p = Path(name)
+    if p.exists():
+        return p.resolve()
+    root = root or repo_root()
+    for cand in (root / "notebooks" / p.name, root / "notebooks" / f"{p.name}.md"):
+        if cand.exists():
+            return cand
+    known = ", ".join(c.stem for c in chapters(root))
+    raise FileNotFoundError(f"no notebook {str(name)!r}; the chapters are: {known}")
+
+
+def _read(path: Path):
+    import jupytext
+
+    nb = jupytext.read(path)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def read_parameters(path: str | Path) -> dict[str, Any]:
+    """The names and default values of the cell tagged ``parameters`` (plain literals only)."""
+    nb = _read(Path(path))
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{path} must have exactly one code cell tagged 'parameters', found {len(cells)}")
+    params: dict[str, Any] = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            params[node.targets[0].id] = ast.literal_eval(node.value)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            params[node.target.id] = ast.literal_eval(node.value)
+        else:
+            raise ValueError(f"{path}: the parameters cell may hold only `name = literal` lines")
+    return params
+
+
+def coerce_parameters(given: Mapping[str, Any], defaults: Mapping[str, Any], notebook: str = "notebook") -> dict[str, Any]:
+    """Check names against ``defaults`` and turn command-line strings into the defaults' types.
+
+    Raises:
+        UnknownParameterError: for a name the notebook does not define.
+        ValueError: for a value that cannot take the default's type.
+    """
+    out = {}
+    for name, value in given.items():
+        if name not in defaults:
+            raise UnknownParameterError(f"{notebook} has no parameter {name!r}; its parameters are: {', '.join(sorted(defaults))}")
+        default = defaults[name]
+        if isinstance(value, str) and not isinstance(default, str):
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                raise ValueError(f"parameter {name}={value!r} is not a Python literal (the default is {default!r})") from None
+        if isinstance(default, bool) != isinstance(value, bool) or (
+            not isinstance(default, bool) and isinstance(default, (int, float)) and not isinstance(value, (int, float))
+        ):
+            raise ValueError(f"parameter {name}={value!r} has the wrong type; the default is {default!r}")
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        out[name] = value
+    return out
+
+
+@dataclass
+class RunResult:
+    chapter: str
+    profile: str
+    status: str  # "ok" or "failed"
+    seconds: float
+    device: str
+    output: str
+    error: str = ""
+    finished_utc: str = ""
+
+
+def run_notebook(
+    source: str | Path,
+    output: str | Path,
+    parameters: Mapping[str, Any] | None = None,
+    cwd: str | Path | None = None,
+    log_output: bool = False,
+) -> RunResult:
+    """Execute a chapter with papermill into ``output`` (``.ipynb``), after checking its parameters.
+
+    The executed notebook is written even when a cell fails (with the traceback in it); the
+    result then has ``status="failed"``.
+    """
+    import papermill as pm
+
+    source = notebook_source(source)
+    defaults = read_parameters(source)
+    params = coerce_parameters(parameters or {}, defaults, source.stem)
+    if "profile" in params:
+        check_profile(params["profile"])
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cwd = Path(cwd) if cwd else repo_root()
+    with tempfile.TemporaryDirectory() as tmp:
+        src_nb = Path(tmp) / f"{source.stem}.ipynb"
+        import nbformat
+
+        nbformat.write(_read(source), src_nb)
+        info_path = Path(tmp) / "run_info.json"
+        old = os.environ.get("RSBOOK_RUN_INFO")
+        os.environ["RSBOOK_RUN_INFO"] = str(info_path)
+        t0 = time.perf_counter()
+        error = ""
+        try:
+            pm.execute_notebook(str(src_nb), str(output), parameters=params, kernel_name="python3", cwd=str(cwd), log_output=log_output, progress_bar=False)
+            status = "ok"
+        except pm.PapermillExecutionError as exc:
+            status, error = "failed", f"{exc.ename}: {exc.evalue}"
+        finally:
+            if old is None:
+                os.environ.pop("RSBOOK_RUN_INFO", None)
+            else:
+                os.environ["RSBOOK_RUN_INFO"] = old
+        seconds = time.perf_counter() - t0
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    return RunResult(
+        chapter=source.stem,
+        profile=str(params.get("profile", defaults.get("profile", "?"))),
+        status=status,
+        seconds=round(seconds, 1),
+        device=info.get("device", "unknown (the notebook failed before its provenance cell)"),
+        output=str(output),
+        error=error,
+        finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _status_page(results: list[RunResult], profile: str) -> str:
+    lines = [
+        "# Build status",
+        "",
+        f"Every chapter of this build was executed by papermill at profile `{profile}` just before the",
+        "HTML was rendered. A failed chapter is still shown, with its traceback, and fails the build.",
+        "",
+        "| chapter | profile | outcome | run time | device | finished (UTC) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        outcome = "ok" if r.status == "ok" else f"**FAILED**: `{r.error[:200]}`"
+        lines.append(f"| {r.chapter} | {r.profile} | {outcome} | {r.seconds:.0f} s | {r.device} | {r.finished_utc} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_book(profile: str = "cpu", only: list[str] | None = None, build_html: bool = True, strict: bool = True) -> int:
+    """Execute every chapter at ``profile`` into ``book/generated/`` and build the HTML.
+
+    Returns 0 if every chapter ran and the book built, 1 otherwise.
+    """
+    check_profile(profile)
+    root = repo_root()
+    gen = root / "book" / "generated"
+    gen.mkdir(parents=True, exist_ok=True)
+    results = []
+    for src in chapters(root):
+        if only and src.stem not in only:
+            continue
+        print(f"[rsbook] running {src.stem} at profile={profile} ...", flush=True)
+        r = run_notebook(src, gen / f"{src.stem}.ipynb", {"profile": profile}, cwd=root)
+        print(f"[rsbook] {src.stem}: {r.status} in {r.seconds:.0f} s on {r.device}" + (f" -- {r.error}" if r.error else ""), flush=True)
+        results.append(r)
+    (gen / "status.md").write_text(_status_page(results, profile))
+    (gen / "status.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    ok = all(r.status == "ok" for r in results)
+    if build_html:
+        cmd = [sys.executable, "-m", "jupyter_book.cli.main", "build", str(root), "--builder", "html"]
+        if strict:
+            cmd += ["-W", "-n", "--keep-going"]
+        print("[rsbook] " + " ".join(cmd), flush=True)
+        built = subprocess.run(cmd, cwd=root).returncode == 0
+        print(f"[rsbook] HTML {'built' if built else 'build FAILED'}: {root / '_build' / 'html' / 'index.html'}", flush=True)
+        ok = ok and built
+    if not ok:
+        failed = [r.chapter for r in results if r.status != "ok"]
+        print(f"[rsbook] FAILED chapters: {failed or 'none'}; see book/generated/status.md", file=sys.stderr, flush=True)
+    return 0 if ok else 1

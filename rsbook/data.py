@@ -1,0 +1,203 @@
+"""Datasets as in-memory uint8 tensors, served as float images in [0, 1] (no normalization).
+
+Data come from a data root in torchvision's on-disk layout: ``$RSBOOK_DATA`` if set (never
+downloads), else a per-user cache folder (``$XDG_CACHE_HOME/rsbook/data``) where torchvision
+downloads them if a network exists. Normalization is the first layer of every model
+(:mod:`rsbook.models`), so noise and radii are in [0, 1]-pixel units.
+
+A small test subset ships inside the package (:func:`embedded_test_subset`): every 20th
+image of the CIFAR-10 and MNIST test sets (500 each), so that the book's ``cpu`` profile and
+the tests need no dataset at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DATASETS",
+    "DatasetNotFoundError",
+    "ImageDataset",
+    "data_root",
+    "load_dataset",
+    "test_subset",
+    "embedded_test_subset",
+    "load_imagenet",
+]
+
+DATASETS = {"cifar10": {"num_classes": 10, "shape": (3, 32, 32)}, "mnist": {"num_classes": 10, "shape": (1, 28, 28)}}
+EMBEDDED_DIR = Path(__file__).parent / "_data"
+EMBEDDED_EVERY = 20
+
+_HOW_TO = (
+    "Set RSBOOK_DATA to a folder in torchvision's layout (cifar-10-batches-py/ and MNIST/raw/), "
+    "e.g. `export RSBOOK_DATA=../shared/data`, or unset it on a machine with a network so that "
+    "torchvision downloads into ~/.cache/rsbook/data."
+)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is not in the data root and cannot be downloaded."""
+
+
+def data_root() -> tuple[Path, bool]:
+    """The data root and whether downloading into it is allowed (only for the cache folder)."""
+    env = os.environ.get("RSBOOK_DATA")
+    if env:
+        return Path(env).expanduser(), False
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rsbook" / "data"
+    return cache, True
+
+
+@dataclass
+class ImageDataset:
+    """Images held as uint8 ``(N, C, H, W)`` with int64 labels and their original indices.
+
+    ``dataset[i]`` gives ``(float image in [0, 1], label)``.
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError("images must be a uint8 tensor of shape (N, C, H, W)")
+        if self.labels.shape != (len(self.images),):
+            raise ValueError("labels must have one entry per image")
+        if self.indices is None:
+            self.indices = torch.arange(len(self.images))
+        self.labels = self.labels.long()
+        self.indices = self.indices.long()
+
+    @property
+    def num_classes(self) -> int:
+        return DATASETS[self.name]["num_classes"] if self.name in DATASETS else int(self.labels.max()) + 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i].float().div_(255), int(self.labels[i])
+
+    def subset(self, positions: torch.Tensor | np.ndarray | list[int]) -> "ImageDataset":
+        """The images at the given positions (their original indices are kept)."""
+        pos = torch.as_tensor(positions, dtype=torch.long)
+        return ImageDataset(self.name, self.images[pos], self.labels[pos], self.indices[pos])
+
+    def every(self, k: int, start: int = 0) -> "ImageDataset":
+        """Cohen et al.'s deterministic test subset: every ``k``-th image from ``start``."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return self.subset(torch.arange(start, len(self), k))
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+        drop_last: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(float images in [0, 1], labels)`` batches on ``device``.
+
+        ``augment`` applies the CIFAR recipe (random crop with 4-pixel zero padding, horizontal
+        flip) on whole batches; all randomness comes from ``generator``.
+        """
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        stop = n - n % batch_size if drop_last else n
+        for s in range(0, stop, batch_size):
+            idx = order[s : s + batch_size]
+            x = self.images[idx]
+            if augment:
+                x = random_crop_flip(x, pad=4, generator=generator)
+            yield x.to(device, non_blocking=True).float().div_(255), self.labels[idx].to(device)
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random ``pad``-padded crop and horizontal flip of a batch ``(B, C, H, W)``, vectorized."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+    out = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    flip = torch.rand(b, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def _torchvision_dataset(name: str, train: bool, root: Path, download: bool):
+    import torchvision
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "mnist": torchvision.datasets.MNIST}[name]
+    try:
+        return cls(root=str(root), train=train, download=False)
+    except (RuntimeError, FileNotFoundError) as exc:
+        if not download:
+            raise DatasetNotFoundError(f"{name} ({'train' if train else 'test'}) was not found under {root}. {_HOW_TO}") from exc
+    try:
+        return cls(root=str(root), train=train, download=True)
+    except Exception as exc:  # no network, proxy refusal, ...
+        raise DatasetNotFoundError(
+            f"{name} is not under {root} and could not be downloaded ({type(exc).__name__}: {exc}). {_HOW_TO}"
+        ) from exc
+
+
+def load_dataset(name: str, train: bool, root: str | Path | None = None) -> ImageDataset:
+    """CIFAR-10 or MNIST from the data root, decoded once into memory as uint8.
+
+    Raises:
+        DatasetNotFoundError: if the files are missing (the message says how to get them).
+    """
+    name = name.lower()
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} (ImageNet: load_imagenet)")
+    if root is None:
+        root, download = data_root()
+    else:
+        root, download = Path(root), False
+    ds = _torchvision_dataset(name, train, Path(root), download)
+    data = torch.as_tensor(np.asarray(ds.data))
+    images = data.permute(0, 3, 1, 2).contiguous() if name == "cifar10" else data.unsqueeze(1).contiguous()
+    return ImageDataset(name, images, torch.as_tensor(np.asarray(ds.targets)))
+
+
+def embedded_test_subset(name: str) -> ImageDataset:
+    """The shipped every-20th test subset (500 images) of ``cifar10`` or ``mnist``."""
+    path = EMBEDDED_DIR / f"{name.lower()}_test_every{EMBEDDED_EVERY}.npz"
+    if not path.exists():
+        raise DatasetNotFoundError(f"no embedded test subset for {name!r} (looked for {path})")
+    with np.load(path) as z:
+        return ImageDataset(name.lower(), torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), torch.from_numpy(z["indices"]))
+
+
+def test_subset(name: str, every: int = EMBEDDED_EVERY, root: str | Path | None = None) -> ImageDataset:
+    """Every ``every``-th test image; served from the embedded copy when it covers the request."""
+    if every % EMBEDDED_EVERY == 0 and root is None:
+        return embedded_test_subset(name).every(every // EMBEDDED_EVERY)
+    return load_dataset(name, train=False, root=root).every(every)
+
+
+def load_imagenet(root: str | Path, split: str = "val", resolution: int = 224):
+    """ImageNet as a torchvision ``ImageFolder`` (``root/split/<wnid>/*.JPEG``), images in [0, 1].
+
+    Standard evaluation transform: resize to 256, center crop to ``resolution``. Not held in
+    memory (too large).
+    """
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    path = Path(root) / split
+    if not path.is_dir():
+        raise DatasetNotFoundError(f"ImageNet split {split!r} not found at {path}; pass the folder that holds train/ and val/")
+    return ImageFolder(str(path), transform=T.Compose([T.Resize(256), T.CenterCrop(resolution), T.ToTensor()]))
