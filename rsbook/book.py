@@ -91,9 +91,15 @@ def coerce_parameters(given: Mapping[str, Any], defaults: Mapping[str, Any], not
                 value = ast.literal_eval(value)
             except (ValueError, SyntaxError):
                 raise ValueError(f"parameter {name}={value!r} is not a Python literal (the default is {default!r})") from None
-        if isinstance(default, bool) != isinstance(value, bool) or (
-            not isinstance(default, bool) and isinstance(default, (int, float)) and not isinstance(value, (int, float))
-        ):
+        if isinstance(default, bool) or isinstance(value, bool):
+            wrong = type(default) is not type(value)
+        elif isinstance(default, int):
+            wrong = not isinstance(value, int)
+        elif isinstance(default, float):
+            wrong = not isinstance(value, (int, float))
+        else:
+            wrong = not isinstance(value, type(default))
+        if wrong:
             raise ValueError(f"parameter {name}={value!r} has the wrong type; the default is {default!r}")
         if isinstance(default, float) and isinstance(value, int):
             value = float(value)
@@ -206,11 +212,13 @@ def build_book(profile: str = "cpu", only: list[str] | None = None, build_html: 
     (gen / "status.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     ok = all(r.status == "ok" for r in results)
     if build_html:
-        cmd = [sys.executable, "-m", "jupyter_book.cli.main", "build", str(root), "--builder", "html"]
+        cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(root), "--builder", "html"]
         if strict:
             cmd += ["-W", "-n", "--keep-going"]
-        print("[rsbook] " + " ".join(cmd), flush=True)
-        built = subprocess.run(cmd, cwd=root).returncode == 0
+        print("[rsbook] jupyter-book " + " ".join(cmd[3:]), flush=True)
+        index = root / "_build" / "html" / "index.html"
+        index.unlink(missing_ok=True)
+        built = subprocess.run(cmd, cwd=root).returncode == 0 and index.exists()
         print(f"[rsbook] HTML {'built' if built else 'build FAILED'}: {root / '_build' / 'html' / 'index.html'}", flush=True)
         ok = ok and built
     if not ok:

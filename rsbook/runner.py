@@ -55,7 +55,7 @@ def image_generator(seed: int, idx: int, device: torch.device | str) -> torch.Ge
 
 def read_log(path: str | Path) -> pd.DataFrame:
     """Read a certification log (complete rows only)."""
-    df = pd.read_csv(path, sep="\t", float_precision="round_trip")
+    df = pd.read_csv(path, sep="\t")
     if tuple(df.columns) != LOG_COLUMNS:
         raise ValueError(f"{path} is not a certification log: columns {list(df.columns)} != {list(LOG_COLUMNS)}")
     return df

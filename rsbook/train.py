@@ -104,6 +104,8 @@ def train(
     history: list[dict[str, float]] = []
     start_epoch = 0
     ckpt = Path(work_dir) / "checkpoint.pt" if work_dir is not None else None
+    if ckpt is not None:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])

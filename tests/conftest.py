@@ -1,0 +1,61 @@
+"""Shared fixtures: synthetic classifiers whose smoothed probabilities are known in closed form."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ThresholdClassifier(nn.Module):
+    """Class 1 if ``x_0 > t`` else class 0, on the first coordinate of a flattened image.
+
+    Under noise eps, ``P(f(x + eps) = 1) = P(eps_0 > t - x_0)``, so the smoothed probability and the
+    exact robust radius (distance to the hyperplane ``x_0 = t``, the same in l1 and l2) are known.
+    """
+
+    def __init__(self, threshold: float = 0.0):
+        super().__init__()
+        self.threshold = threshold
+        self.dummy = nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1)[:, 0] - self.threshold
+        return torch.stack([-z, z], dim=1)
+
+
+class CountingClassifier(nn.Module):
+    """Wraps a classifier, counts the samples it sees, and raises after ``fail_after`` calls."""
+
+    def __init__(self, inner: nn.Module, fail_after: int | None = None):
+        super().__init__()
+        self.inner = inner
+        self.samples = 0
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def forward(self, x):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.samples += x.shape[0]
+        return self.inner(x)
+
+
+@pytest.fixture
+def threshold_classifier():
+    return ThresholdClassifier()
+
+
+@pytest.fixture
+def data_root() -> Path:
+    """The offline datasets (``$RSBOOK_DATA`` or ../shared/data); skips if absent."""
+    root = Path(os.environ.get("RSBOOK_DATA", REPO.parent / "shared" / "data"))
+    if not (root / "cifar-10-batches-py").is_dir():
+        pytest.skip(f"no datasets at {root} (set RSBOOK_DATA)")
+    return root

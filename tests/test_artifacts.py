@@ -1,0 +1,110 @@
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from rsbook.artifacts import ArtifactStore, CorruptArtifactError, config_key
+
+
+@dataclass(frozen=True)
+class Cfg:
+    a: int = 1
+    b: float = 0.5
+
+
+def _writer(calls):
+    def compute(out, work):
+        calls.append(work)
+        torch.save({"w": torch.arange(4.0)}, out)
+        return {"note": "hi"}
+
+    return compute
+
+
+def test_load_or_compute_computes_once_and_records_provenance(tmp_path):
+    store, calls = ArtifactStore(tmp_path), []
+    path, meta = store.load_or_compute(Cfg(), _writer(calls), "pt")
+    path2, meta2 = store.load_or_compute(Cfg(), _writer(calls), "pt")
+    assert len(calls) == 1 and path == path2
+    assert meta["config"] == {"type": "Cfg", "a": 1, "b": 0.5} and meta["note"] == "hi"
+    for field in ("sha256", "wall_time_s", "created_utc"):
+        assert field in meta
+    for field in ("rsbook", "git_commit", "device", "torch"):
+        assert field in meta["provenance"]
+    assert torch.equal(store.load_tensors(Cfg())["w"], torch.arange(4.0))
+    assert not store.work_dir(Cfg()).exists()  # resumable state is removed once the artifact is complete
+
+
+def test_keys_follow_the_config():
+    assert config_key(Cfg()) == config_key(Cfg(1, 0.5))
+    assert config_key(Cfg()) != config_key(Cfg(b=0.25))
+    assert config_key(Cfg()).startswith("cfg-")
+    with pytest.raises(TypeError):
+        config_key({"a": 1})
+
+
+def test_corrupt_payload_is_refused(tmp_path):
+    store = ArtifactStore(tmp_path)
+    path, _ = store.load_or_compute(Cfg(), _writer([]), "pt")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtifactError, match="sha256"):
+        store.load_tensors(Cfg())
+    with pytest.raises(CorruptArtifactError, match="recompute"):
+        store.load_or_compute(Cfg(), _writer([]), "pt")
+
+
+def test_broken_metadata_is_refused(tmp_path):
+    store = ArtifactStore(tmp_path)
+    store.load_or_compute(Cfg(), _writer([]), "pt")
+    store.paths(Cfg(), "pt")[1].write_text("{not json")
+    with pytest.raises(CorruptArtifactError, match="metadata"):
+        store.metadata(Cfg(), "pt")
+
+
+def test_failed_compute_leaves_no_artifact_but_keeps_work(tmp_path):
+    store = ArtifactStore(tmp_path)
+
+    def boom(out, work):
+        (work / "progress.txt").write_text("half done")
+        out.write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.load_or_compute(Cfg(), boom, "pt")
+    assert not store.exists(Cfg(), "pt")
+    assert (store.work_dir(Cfg()) / "progress.txt").read_text() == "half done"
+    seen = []
+
+    def resume(out, work):
+        seen.append((work / "progress.txt").read_text())
+        out.write_bytes(b"done")
+
+    store.load_or_compute(Cfg(), resume, "pt")
+    assert seen == ["half done"]
+
+
+def test_recompute_switch(tmp_path):
+    calls = []
+    ArtifactStore(tmp_path).load_or_compute(Cfg(), _writer(calls), "pt")
+    ArtifactStore(tmp_path, recompute=True).load_or_compute(Cfg(), _writer(calls), "pt")
+    assert len(calls) == 2
+    meta = json.loads(ArtifactStore(tmp_path).paths(Cfg(), "pt")[1].read_text())
+    assert meta["key"] == config_key(Cfg())
+
+
+def test_state_dict_is_loaded_weights_only(tmp_path):
+    store = ArtifactStore(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    def compute(out, work):
+        torch.save({"x": Evil()}, out)
+
+    store.load_or_compute(Cfg(a=9), compute, "pt")
+    with pytest.raises(CorruptArtifactError):
+        store.load_tensors(Cfg(a=9))

@@ -1,0 +1,50 @@
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import beta, binom
+
+from rsbook.certify import clopper_pearson_lower, clopper_pearson_upper
+
+
+@pytest.mark.parametrize("n", [1, 10, 100, 1000, 100_000])
+@pytest.mark.parametrize("alpha", [0.001, 0.05])
+def test_lower_matches_scipy_beta(n, alpha):
+    n_a = np.unique(np.linspace(1, n, 25).astype(int))
+    expected = beta.ppf(alpha, n_a, n - n_a + 1)
+    np.testing.assert_allclose(clopper_pearson_lower(n_a, n, alpha), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 10_000, 100_000])
+def test_all_successes_closed_form(n):
+    assert clopper_pearson_lower(n, n, 0.001) == pytest.approx(0.001 ** (1 / n), rel=1e-10)
+
+
+def test_zero_successes_is_zero_and_upper_is_one():
+    assert clopper_pearson_lower(0, 50, 0.01) == 0.0
+    assert clopper_pearson_upper(50, 50, 0.01) == 1.0
+    assert clopper_pearson_upper(0, 50, 0.01) == pytest.approx(1 - 0.01 ** (1 / 50))
+
+
+def test_lower_is_exact_one_sided_bound():
+    # Definition: the largest p with P(Binom(n, p) >= n_a) <= alpha. At p_lower it equals alpha.
+    n, alpha = 200, 0.01
+    for n_a in [1, 50, 120, 199]:
+        p = clopper_pearson_lower(n_a, n, alpha)
+        assert binom.sf(n_a - 1, n, p) == pytest.approx(alpha, rel=1e-7)
+
+
+def test_coverage_by_simulation():
+    # P(p_lower > p) <= alpha for a fixed p: check with 20,000 binomial draws (exact, no model).
+    rng = np.random.default_rng(0)
+    n, p, alpha = 100, 0.7, 0.05
+    lows = clopper_pearson_lower(rng.binomial(n, p, size=20_000), n, alpha)
+    violations = np.mean(lows > p)
+    assert violations <= alpha + 4 * math.sqrt(alpha * (1 - alpha) / 20_000)
+    assert violations > 0.01  # exact CP is conservative but not vacuous here
+
+
+@pytest.mark.parametrize("args", [(-1, 10, 0.1), (11, 10, 0.1), (5, 0, 0.1), (5, 10, 0.0), (5, 10, 1.0)])
+def test_invalid_arguments_raise(args):
+    with pytest.raises(ValueError):
+        clopper_pearson_lower(*args)

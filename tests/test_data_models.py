@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from rsbook import data as rsdata
+from rsbook.data import DatasetNotFoundError, ImageDataset, embedded_test_subset, load_dataset, random_crop_flip
+from rsbook.models import ARCHS, MEANS_STDS, build_model
+
+
+@pytest.mark.parametrize("name", ["cifar10", "mnist"])
+def test_embedded_subset_equals_torchvision_every_20th(name, data_root):
+    emb = embedded_test_subset(name)
+    full = load_dataset(name, train=False, root=data_root)
+    assert len(emb) == 500 and len(full) == 10_000
+    assert torch.equal(emb.indices, torch.arange(0, 10_000, 20))
+    assert torch.equal(emb.images, full.images[::20])
+    assert torch.equal(emb.labels, full.labels[::20])
+
+
+def test_datasets_are_uint8_in_memory_and_floats_in_unit_range(data_root):
+    ds = load_dataset("cifar10", train=True, root=data_root)
+    assert ds.images.shape == (50_000, 3, 32, 32) and ds.images.dtype == torch.uint8
+    x, y = ds[0]
+    assert x.dtype == torch.float32 and 0.0 <= x.min() and x.max() <= 1.0 and y == int(ds.labels[0])
+    # CIFAR-10 statistics on the [0, 1] scale (no normalization in the data pipeline)
+    mean = ds.images[:10_000].float().div(255).mean((0, 2, 3))
+    assert torch.allclose(mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=0.01)
+
+
+def test_missing_dataset_error_names_rsbook_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSBOOK_DATA", str(tmp_path))
+    with pytest.raises(DatasetNotFoundError, match="RSBOOK_DATA"):
+        load_dataset("cifar10", train=True)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("svhn", train=False)
+
+
+def test_test_subset_uses_embedded_copy_without_any_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSBOOK_DATA", str(tmp_path))  # nothing there
+    sub = rsdata.test_subset("cifar10", every=100)
+    assert torch.equal(sub.indices, torch.arange(0, 10_000, 100))
+
+
+def test_random_crop_flip_is_a_shifted_window():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
+    g = torch.Generator().manual_seed(0)
+    out = random_crop_flip(x, pad=2, generator=g)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for b in range(2):
+        windows = [padded[b, :, i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
+        assert any(torch.equal(out[b], w) or torch.equal(out[b], w.flip(2)) for w in windows)
+
+
+def test_batches_cover_the_dataset_once():
+    ds = ImageDataset("mnist", torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10))
+    seen = torch.cat([y for _, y in ds.batches(3, shuffle=True, generator=torch.Generator().manual_seed(0))])
+    assert sorted(seen.tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "resnet50"])
+def test_models_normalize_first_and_give_logits(arch):
+    dataset = "mnist" if arch == "lenet" else "cifar10"
+    model = build_model(arch, dataset).eval()
+    shape = (1, 28, 28) if dataset == "mnist" else (3, 32, 32)
+    x = torch.rand(2, *shape)
+    mean, std = MEANS_STDS[dataset]
+    manual = model[1]((x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1))
+    assert torch.allclose(model(x), manual, atol=1e-5)
+    assert model(x).shape == (2, 10)
+
+
+def test_resnet50_and_bad_arguments():
+    model = build_model("resnet50", "imagenet", num_classes=1000).eval()
+    assert model(torch.rand(1, 3, 64, 64)).shape == (1, 1000)
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_model("vgg", "cifar10")
+    with pytest.raises(ValueError, match="6n\\+2"):
+        build_model("cifar_resnet20", "cifar10")[1].__class__(depth=21)
