@@ -23,6 +23,8 @@ from .data import ImageDataset, load_dataset
 from .models import build_model
 from .noise import make_noise
 
+NUM_CLASSES = {"cifar10": 10, "mnist": 10, "imagenet": 1000}
+
 __all__ = ["TrainConfig", "train", "trained_model", "evaluate_accuracy"]
 
 
@@ -179,8 +181,7 @@ def trained_model(
 
     store.load_or_compute(cfg, compute, "pt", device=device)
     sd = store.load_tensors(cfg, "pt")
-    num_classes = 10
-    model = build_model(cfg.arch, cfg.dataset, num_classes)
+    model = build_model(cfg.arch, cfg.dataset, NUM_CLASSES.get(cfg.dataset, 10))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
     return model.to(device).eval()
 
