@@ -147,8 +147,11 @@ def run_notebook(
 
         nbformat.write(_read(source), src_nb)
         info_path = Path(tmp) / "run_info.json"
-        old = os.environ.get("RSBOOK_RUN_INFO")
+        # The kernel inherits this process's environment: record where to write run info, and
+        # make sure figures render inline (a caller's MPLBACKEND=Agg would silently drop them).
+        saved = {k: os.environ.get(k) for k in ("RSBOOK_RUN_INFO", "MPLBACKEND")}
         os.environ["RSBOOK_RUN_INFO"] = str(info_path)
+        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
         t0 = time.perf_counter()
         error = ""
         try:
@@ -157,10 +160,11 @@ def run_notebook(
         except pm.PapermillExecutionError as exc:
             status, error = "failed", f"{exc.ename}: {exc.evalue}"
         finally:
-            if old is None:
-                os.environ.pop("RSBOOK_RUN_INFO", None)
-            else:
-                os.environ["RSBOOK_RUN_INFO"] = old
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         seconds = time.perf_counter() - t0
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
     return RunResult(

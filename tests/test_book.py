@@ -58,13 +58,19 @@ def test_a_failing_notebook_is_reported_with_its_traceback(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_book_builds_with_every_chapter_at_smoke_profile(monkeypatch):
+def test_book_builds_with_every_chapter_at_smoke_profile(monkeypatch, data_root):
     """Every chapter runs at profile=smoke through the same papermill path as the book, and the HTML builds."""
     monkeypatch.chdir(REPO)
+    monkeypatch.setenv("RSBOOK_DATA", str(data_root))  # smoke trains on a slice of the real training sets
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # as a headless CI might set it
     assert build_book("smoke") == 0
     status = json.loads((REPO / "book" / "generated" / "status.json").read_text())
     assert {s["chapter"] for s in status} == {c.stem for c in chapters(REPO)}
     assert all(s["status"] == "ok" and s["profile"] == "smoke" for s in status)
+    for c in chapters(REPO):  # figures rendered inline, whatever MPLBACKEND the caller had
+        nb = json.loads((REPO / "book" / "generated" / f"{c.stem}.ipynb").read_text())
+        images = [o for cell in nb["cells"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert images, f"{c.stem} rendered no figure"
     html = REPO / "_build" / "html"
     for c in chapters(REPO):
         page = (html / "book" / "generated" / f"{c.stem}.html").read_text()
