@@ -152,7 +152,7 @@ class ArtifactStore:
             "file": payload.name,
             "sha256": sha256_file(tmp),
             "bytes": tmp.stat().st_size,
-            "wall_time_s": round(wall + float(extra.pop("resumed_wall_time_s", 0.0)), 3),
+            "wall_time_s": round(wall, 3),
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "provenance": provenance(device),
             **extra,

@@ -177,7 +177,7 @@ def trained_model(
         model, history = train(cfg, train_set, work_dir=work, device=device, progress=progress)
         sd = {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in model.state_dict().items()}
         torch.save(sd, out)
-        return {"history": history, "resumed_wall_time_s": 0.0}
+        return {"history": history}
 
     store.load_or_compute(cfg, compute, "pt", device=device)
     sd = store.load_tensors(cfg, "pt")
