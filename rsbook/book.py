@@ -223,7 +223,7 @@ def build_book(profile: str = "cpu", only: list[str] | None = None, build_html: 
         index = root / "_build" / "html" / "index.html"
         index.unlink(missing_ok=True)
         built = subprocess.run(cmd, cwd=root).returncode == 0 and index.exists()
-        print(f"[rsbook] HTML {'built' if built else 'build FAILED'}: {root / '_build' / 'html' / 'index.html'}", flush=True)
+        print(f"[rsbook] HTML {'built' if built else 'build FAILED'}: {index}", flush=True)
         ok = ok and built
     if not ok:
         failed = [r.chapter for r in results if r.status != "ok"]

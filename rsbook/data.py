@@ -22,6 +22,7 @@ import torch
 
 __all__ = [
     "DATASETS",
+    "NUM_CLASSES",
     "DatasetNotFoundError",
     "ImageDataset",
     "data_root",
@@ -31,7 +32,9 @@ __all__ = [
     "load_imagenet",
 ]
 
-DATASETS = {"cifar10": {"num_classes": 10, "shape": (3, 32, 32)}, "mnist": {"num_classes": 10, "shape": (1, 28, 28)}}
+#: Datasets that ``load_dataset`` reads (ImageNet goes through ``load_imagenet``).
+DATASETS = {"cifar10": {"shape": (3, 32, 32)}, "mnist": {"shape": (1, 28, 28)}}
+NUM_CLASSES = {"cifar10": 10, "mnist": 10, "imagenet": 1000}
 EMBEDDED_DIR = Path(__file__).parent / "_data"
 EMBEDDED_EVERY = 20
 
@@ -79,7 +82,7 @@ class ImageDataset:
 
     @property
     def num_classes(self) -> int:
-        return DATASETS[self.name]["num_classes"] if self.name in DATASETS else int(self.labels.max()) + 1
+        return NUM_CLASSES[self.name] if self.name in NUM_CLASSES else int(self.labels.max()) + 1
 
     def __len__(self) -> int:
         return len(self.images)

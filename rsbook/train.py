@@ -19,11 +19,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .artifacts import ArtifactStore, save_atomic
-from .data import ImageDataset, load_dataset
+from .data import NUM_CLASSES, ImageDataset, load_dataset
 from .models import build_model
 from .noise import make_noise
-
-NUM_CLASSES = {"cifar10": 10, "mnist": 10, "imagenet": 1000}
 
 __all__ = ["TrainConfig", "train", "trained_model", "evaluate_accuracy"]
 
