@@ -40,8 +40,15 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 
 def config_key(config: Any) -> str:
-    """``<type>-<12 hex digits>``: a stable name for the config (same fields, same key)."""
+    """``<type>-<12 hex digits>``: a stable name for the config (same fields, same key).
+
+    A field declared with ``metadata={"key_omits_default": True}`` is left out of the key
+    while it has its default value, so adding such a field keeps every existing key.
+    """
     d = config_dict(config)
+    for f in dataclasses.fields(config):  # fields added later keep old keys at their default
+        if f.metadata.get("key_omits_default") and getattr(config, f.name) == f.default:
+            d.pop(f.name)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return f"{d['type'].lower()}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 

@@ -8,13 +8,16 @@ radius (l2 for Gaussian, l1 for Laplace and uniform) -- or ``ABSTAIN``.
 
 from __future__ import annotations
 
+from typing import Any, Iterable, Iterator
+
 import numpy as np
 import torch
 from scipy.stats import beta, binomtest
 
+from .engine import Engine
 from .noise import Gaussian, Noise
 
-__all__ = ["ABSTAIN", "Smooth", "clopper_pearson_lower", "clopper_pearson_upper"]
+__all__ = ["ABSTAIN", "Smooth", "certificate", "clopper_pearson_lower", "clopper_pearson_upper"]
 
 ABSTAIN = -1
 
@@ -54,6 +57,19 @@ def clopper_pearson_upper(n_a, n, alpha: float):
     return float(p) if p.ndim == 0 else p
 
 
+def certificate(counts0: np.ndarray, counts: np.ndarray, alpha: float, noise: Noise) -> tuple[int, float]:
+    """CERTIFY's decision from selection counts ``counts0`` and independent estimation counts.
+
+    ``c_A = argmax counts0``; ``p_lower = clopper_pearson_lower(counts[c_A], sum(counts), alpha)``;
+    ``(ABSTAIN, 0.0)`` if ``p_lower < 1/2``, else ``(c_A, noise.certified_radius(p_lower))``.
+    """
+    c_a = int(np.argmax(counts0))
+    p_lower = clopper_pearson_lower(int(counts[c_a]), int(np.sum(counts)), alpha)
+    if p_lower < 0.5:
+        return ABSTAIN, 0.0
+    return c_a, float(noise.certified_radius(p_lower))
+
+
 class Smooth:
     """A smoothed classifier ``g`` around ``base_classifier`` (Cohen et al. 2019).
 
@@ -63,9 +79,25 @@ class Smooth:
             are part of the model that is certified); put it in ``eval()`` mode first.
         num_classes: ``K``.
         noise: a :class:`~rsbook.noise.Noise`, or a float meaning ``Gaussian(sigma)``.
+        precision, compile, channels_last, noise_block: how the
+            :class:`~rsbook.engine.Engine` evaluates the model (``precision`` is part of the
+            certified model; the others change only speed, and ``noise_block`` the random
+            stream).
+
+    Counting runs on the :class:`~rsbook.engine.Engine`: many images share one batch, noise is
+    drawn on the model's device from each image's own generator, counts stay on the device.
     """
 
-    def __init__(self, base_classifier: torch.nn.Module, num_classes: int, noise: Noise | float):
+    def __init__(
+        self,
+        base_classifier: torch.nn.Module,
+        num_classes: int,
+        noise: Noise | float,
+        precision: str = "fp32",
+        compile: bool | None = None,
+        channels_last: bool = True,
+        noise_block: int = 400,
+    ):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.base_classifier = base_classifier
@@ -73,20 +105,24 @@ class Smooth:
         self.noise = Gaussian(noise) if isinstance(noise, (int, float)) else noise
         if not isinstance(self.noise, Noise):
             raise TypeError(f"noise must be a Noise or a float sigma, got {type(noise).__name__}")
+        self.engine = Engine(base_classifier, self.num_classes, self.noise, precision=precision,
+                             channels_last=channels_last, compile=compile, noise_block=noise_block)
 
     @property
     def sigma(self) -> float:
         return self.noise.sigma
 
     @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    @property
     def device(self) -> torch.device:
-        try:
-            return next(self.base_classifier.parameters()).device
-        except StopIteration:
-            return torch.device("cpu")
+        return self.engine.device
 
     def __repr__(self) -> str:
-        return f"Smooth({type(self.base_classifier).__name__}, num_classes={self.num_classes}, noise={self.noise!r})"
+        return (f"Smooth({type(self.base_classifier).__name__}, num_classes={self.num_classes}, "
+                f"noise={self.noise!r}, precision={self.precision})")
 
     def certify(
         self,
@@ -94,7 +130,7 @@ class Smooth:
         n0: int,
         n: int,
         alpha: float,
-        batch_size: int,
+        batch_size: int | None,
         generator: torch.Generator | None = None,
     ) -> tuple[int, float]:
         """Monte Carlo CERTIFY of Cohen et al. (Algorithm 1).
@@ -104,24 +140,38 @@ class Smooth:
         if ``p_lower < 1/2``, else ``(c_A, noise.certified_radius(p_lower))``. With probability
         ``>= 1 - alpha`` a returned class is ``g``'s prediction everywhere within the radius.
         Since ``p_lower <= alpha ** (1/n)``, the radius is capped (3.20 sigma for Gaussian noise
-        at ``n = 1e4``, ``alpha = 0.001``).
+        at ``n = 1e4``, ``alpha = 0.001``). ``batch_size=None`` picks one automatically.
+        """
+        ((_, pred, radius),) = self.certify_many([(None, x, generator)], n0, n, alpha, batch_size)
+        return pred, radius
+
+    def certify_many(
+        self,
+        items: Iterable[tuple[Any, torch.Tensor, torch.Generator | None]],
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int | None,
+        planned_images: int | None = None,
+    ) -> Iterator[tuple[Any, int, float]]:
+        """CERTIFY for a stream of ``(key, x, generator)``; yields ``(key, class, radius)`` in order.
+
+        Each image gets its own ``n0`` selection and ``n`` estimation draws from its own
+        generator, exactly as :meth:`certify` would; the images only share forward batches.
         """
         _check_sampling(n0, "n0")
         _check_sampling(n, "n")
-        counts0 = self.sample_counts(x, n0, batch_size, generator)
-        c_a = int(counts0.argmax())
-        counts = self.sample_counts(x, n, batch_size, generator)
-        p_lower = clopper_pearson_lower(int(counts[c_a]), n, alpha)
-        if p_lower < 0.5:
-            return ABSTAIN, 0.0
-        return c_a, float(self.noise.certified_radius(p_lower))
+        planned = None if planned_images is None else planned_images * (n0 + n)
+        for key, counts in self.engine.counts(items, (n0, n), batch_size, planned):
+            pred, radius = certificate(counts[0], counts[1], alpha, self.noise)
+            yield key, pred, radius
 
     def predict(
         self,
         x: torch.Tensor,
         n: int,
         alpha: float,
-        batch_size: int,
+        batch_size: int | None,
         generator: torch.Generator | None = None,
     ) -> int:
         """Monte Carlo PREDICT of Cohen et al.: the top class, or ``ABSTAIN``.
@@ -142,31 +192,13 @@ class Smooth:
         self,
         x: torch.Tensor,
         num: int,
-        batch_size: int,
+        batch_size: int | None,
         generator: torch.Generator | None = None,
     ) -> np.ndarray:
-        """Class counts of ``f(x + eps)`` over ``num`` noise draws, as an ``int64`` array of length K.
-
-        Noise is drawn on the model's device in batches of ``batch_size``; counts stay on
-        the device and are transferred once.
-        """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        device = self.device
-        x = x.to(device)
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
-        with torch.inference_mode():
-            remaining = num
-            while remaining > 0:
-                b = min(batch_size, remaining)
-                batch = x.expand(b, *x.shape[1:])
-                eps = self.noise.sample(batch.shape, generator=generator, device=device, dtype=x.dtype)
-                pred = self.base_classifier(batch + eps).argmax(1)
-                counts += torch.bincount(pred, minlength=self.num_classes)
-                remaining -= b
-        return counts.cpu().numpy()
+        """Class counts of ``f(x + eps)`` over ``num`` noise draws, as an ``int64`` array of length K."""
+        _check_sampling(num, "num")
+        ((_, counts),) = self.engine.counts([(None, x, generator)], (num,), batch_size, planned=num)
+        return counts[0]
 
 
 def _check_sampling(n: int, name: str) -> None:

@@ -28,6 +28,21 @@ def _book(args: argparse.Namespace) -> int:
     return build_book(args.profile, only=args.only, build_html=not args.no_html, strict=not args.no_strict)
 
 
+def _bench_certify(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from .bench import BenchConfig, bench_certify, format_table, write_csv, write_json
+
+    cfg = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
+    result = bench_certify(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+    if args.csv:
+        write_csv(result, args.csv)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rsbook", description="The randomized-smoothing book: run chapters, build the book.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +60,39 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-html", action="store_true", help="execute the chapters but do not build the HTML")
     b.add_argument("--no-strict", action="store_true", help="do not turn Sphinx warnings into errors")
     b.set_defaults(func=_book)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="benchmark", required=True)
+    c = bench.add_parser("certify", help="Smooth.certify on the engine vs the published certification loop",
+                         description="Raw forward throughput, the published reference loop and Smooth.certify on the "
+                         "same model, noise, N and images, in one process; prints a table and checks that both "
+                         "give the same certificates.")
+    from .bench import BenchConfig
+    from .data import DATASETS
+    from .engine import PRECISIONS
+    from .models import ARCHS
+    from .noise import NOISES
+
+    d = BenchConfig()
+    c.add_argument("--model", default=d.model, choices=sorted(ARCHS))
+    c.add_argument("--dataset", default=d.dataset, choices=[k for k in DATASETS if k != "imagenet"])
+    c.add_argument("--weights", default=d.weights, help="'random' or a state-dict .pt (e.g. a trained-model artifact)")
+    c.add_argument("--noise", default=d.noise, choices=sorted(NOISES))
+    c.add_argument("--sigma", type=float, default=d.sigma)
+    c.add_argument("--n0", type=int, default=d.n0)
+    c.add_argument("--n", type=int, default=d.n)
+    c.add_argument("--alpha", type=float, default=d.alpha)
+    c.add_argument("--images", type=int, default=d.images, help="test images (from the embedded every-20th subset)")
+    c.add_argument("--device", default=d.device)
+    c.add_argument("--precision", default=d.precision, choices=PRECISIONS)
+    c.add_argument("--compile", default=d.compile, choices=["auto", "on", "off"])
+    c.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size, help="engine batch (0: automatic)")
+    c.add_argument("--seed", type=int, default=d.seed)
+    c.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
+    c.add_argument("--repeats", type=int, default=d.repeats, help="interleaved rounds (the table shows medians)")
+    c.add_argument("--forward-seconds", dest="forward_seconds", type=float, default=d.forward_seconds, help="seconds per raw-forward measurement")
+    c.add_argument("--json", help="also write the result as JSON here")
+    c.add_argument("--csv", help="also write the table as CSV here")
+    c.set_defaults(func=_bench_certify)
 
     args = parser.parse_args(argv)
     try:

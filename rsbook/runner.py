@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class CertifyConfig:
     dataset: str = "cifar10"
     every: int = 20  # Cohen's subset: every k-th test image
     seed: int = 0
+    precision: str = field(default="fp32", metadata={"key_omits_default": True})  # of the forward pass
 
 
 def image_generator(seed: int, idx: int, device: torch.device | str) -> torch.Generator:
@@ -85,32 +86,43 @@ def certify_dataset(
     n0: int,
     n: int,
     alpha: float,
-    batch_size: int,
+    batch_size: int | None,
     log_path: str | Path,
     seed: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Certify every image of ``dataset`` into ``log_path``, resuming from rows already there.
 
-    Returns the complete log, ordered as ``dataset``.
+    Images stream through one :class:`~rsbook.engine.Engine` (several share a forward batch);
+    each row is written and flushed as soon as its image is done, and its ``time`` is the wall
+    time since the previous row. Returns the complete log, ordered as ``dataset``.
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     done = _resume_rows(log_path)
     todo = [i for i in range(len(dataset)) if int(dataset.indices[i]) not in done]
     device = smooth.device
-    bar = tqdm(todo, desc=f"certify {smooth.noise!r}", disable=not progress, mininterval=10, unit="img")
-    with open(log_path, "a", buffering=1) as f:
-        for i in bar:
+
+    def items():
+        for i in todo:
             x, label = dataset[i]
             idx = int(dataset.indices[i])
-            t0 = time.perf_counter()
-            pred, radius = smooth.certify(x, n0, n, alpha, batch_size, generator=image_generator(seed, idx, device))
-            dt = time.perf_counter() - t0
-            f.write(f"{idx}\t{label}\t{pred}\t{radius!r}\t{int(pred == label)}\t{dt!r}\n")
+            yield (idx, label), x, image_generator(seed, idx, device)
+
+    bar = tqdm(total=len(todo), desc=f"certify {smooth.noise!r}", disable=not progress, mininterval=10, unit="img")
+    t_start = t_prev = time.perf_counter()
+    with open(log_path, "a", buffering=1) as f:
+        for k, ((idx, label), pred, radius) in enumerate(
+            smooth.certify_many(items(), n0, n, alpha, batch_size, planned_images=len(todo)), start=1
+        ):
+            now = time.perf_counter()
+            f.write(f"{idx}\t{label}\t{pred}\t{radius!r}\t{int(pred == label)}\t{now - t_prev!r}\n")
             f.flush()
             os.fsync(f.fileno())
-            bar.set_postfix_str(f"{(n0 + n) / dt:,.0f} samples/s", refresh=False)
+            t_prev = now
+            bar.update(1)
+            bar.set_postfix_str(f"{k * (n0 + n) / (now - t_start):,.0f} samples/s", refresh=False)
+    bar.close()
     log = read_log(log_path).set_index("idx").loc[[int(i) for i in dataset.indices]].reset_index()
     return log
 
@@ -120,12 +132,14 @@ def certification_log(
     smooth: Smooth,
     dataset: ImageDataset,
     store: ArtifactStore,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Load the log for ``cfg`` from ``store``, certifying (resumably) first if needed."""
     if abs(smooth.sigma - cfg.sigma) > 1e-12 or smooth.noise.name != cfg.noise:
         raise ValueError(f"the Smooth's noise {smooth.noise!r} does not match the config ({cfg.noise}, sigma={cfg.sigma})")
+    if smooth.precision != cfg.precision:
+        raise ValueError(f"the Smooth evaluates the model in {smooth.precision} but the config says {cfg.precision}")
 
     def compute(out: Path, work: Path) -> dict[str, Any]:
         partial = work / "log.partial.tsv"

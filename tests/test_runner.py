@@ -26,16 +26,16 @@ def _smooth(fail_after=None):
 def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
     ds = _dataset()
     full = certify_dataset(_smooth(), ds, 20, 200, 0.01, 50, tmp_path / "full.tsv", seed=3, progress=False)
-    # n0 = 20 (1 call) + n = 200 (4 calls) = 5 calls per image: a kill after 27 calls stops inside image 6
+    # Images share batches of 50: 27 calls = 1350 samples finish 6 images of 220 (1320) and part of the 7th
     with pytest.raises(KeyboardInterrupt):
         certify_dataset(_smooth(fail_after=27), ds, 20, 200, 0.01, 50, tmp_path / "part.tsv", seed=3, progress=False)
-    assert len(read_log(tmp_path / "part.tsv")) == 5
+    assert len(read_log(tmp_path / "part.tsv")) == 6
     # a half-written last row (killed during the write) is dropped, not parsed
     with open(tmp_path / "part.tsv", "a") as f:
-        f.write("105\t1\t1\t0.12")
+        f.write("106\t1\t1\t0.12")
     resumed_model = _smooth()
     resumed = certify_dataset(resumed_model, ds, 20, 200, 0.01, 50, tmp_path / "part.tsv", seed=3, progress=False)
-    assert resumed_model.base_classifier.samples == (12 - 5) * 220  # only the missing images ran
+    assert resumed_model.base_classifier.samples == (12 - 6) * 220  # only the missing images ran
     assert list(resumed["idx"]) == list(range(100, 112))
     on_disk = read_log(tmp_path / "part.tsv")
     assert not on_disk["idx"].duplicated().any() and len(on_disk) == 12
