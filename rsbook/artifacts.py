@@ -94,6 +94,8 @@ class ArtifactStore:
         return f"ArtifactStore({str(self.root)!r}, recompute={self.recompute})"
 
     def paths(self, config: Any, ext: str) -> tuple[Path, Path]:
+        if ext.lower() == "json":
+            raise ValueError("a payload with ext 'json' would overwrite the artifact's metadata file; use e.g. 'result.json'")
         key = config_key(config)
         return self.root / f"{key}.{ext}", self.root / f"{key}.json"
 

@@ -100,6 +100,10 @@ def _load_model(cfg: BenchConfig, device: torch.device) -> torch.nn.Module:
     model = build_model(cfg.model, cfg.dataset, NUM_CLASSES[cfg.dataset])
     if cfg.weights != "random":
         path = Path(cfg.weights)
+        if not path.is_absolute() and not path.is_file():  # repo-relative paths keep configs portable
+            from .profiles import repo_root
+
+            path = repo_root() / path
         if not path.is_file():
             raise FileNotFoundError(f"--weights {path}: no such file (give a state-dict .pt, or 'random')")
         try:
@@ -154,27 +158,41 @@ def bench_certify(cfg: BenchConfig, log=print) -> dict[str, Any]:
         bs = engine.batch_size_for(shape, cfg.batch_size or None)
     setup_s = time.perf_counter() - t0
     log(f"[bench] {engine!r}, batch {bs}, set-up {setup_s:.1f} s")
-    items = [(idx, x, image_generator(cfg.seed, idx, device)) for x, idx in zip(xs, idxs)]
     runs: dict[str, list[float]] = {"ref_fw": [], "eng_fw": [], "ref": [], "eng": []}
     with torch.inference_mode():  # warm both paths up (oneDNN primitives, thread pools)
         forward_throughput(ref_model, shape, device, [ref_bs], seconds=cfg.forward_seconds / 2, channels_last=False)
         forward_throughput(engine.forward, shape, device, [bs], seconds=cfg.forward_seconds / 2, channels_last=engine.channels_last)
-    for r in range(cfg.repeats):  # interleaved rounds: a noisy machine slows all four alike
+    forward_fn, in_forward = engine._forward_fn, [0.0]
+
+    def timed_forward(batch):  # CPU only: on CUDA this would need a sync per batch
+        t = time.perf_counter()
+        out = forward_fn(batch)
+        in_forward[0] += time.perf_counter() - t
+        return out
+
+    shares = []
+    for r in range(cfg.repeats):  # interleaved rounds, each throughput next to its raw forward
         log(f"[bench] round {r + 1}/{cfg.repeats}: raw forwards, reference loop, engine ({cfg.images} images, N = {cfg.n0} + {cfg.n})")
         with torch.inference_mode():
             runs["ref_fw"].append(forward_throughput(ref_model, shape, device, [ref_bs], seconds=cfg.forward_seconds, channels_last=False)[ref_bs])
-            runs["eng_fw"].append(forward_throughput(engine.forward, shape, device, [bs], seconds=cfg.forward_seconds, channels_last=engine.channels_last)[bs])
         ref_results, t0 = [], time.perf_counter()
         for x, idx in zip(xs, idxs):
             seed = (cfg.seed << 32) + idx
             ref_results.append(reference_certify(ref_model, x.to(device), cfg.n0, cfg.n, cfg.alpha, noise, K, seed))
         _sync(device)
         runs["ref"].append(total / (time.perf_counter() - t0))
+        with torch.inference_mode():
+            runs["eng_fw"].append(forward_throughput(engine.forward, shape, device, [bs], seconds=cfg.forward_seconds, channels_last=engine.channels_last)[bs])
         items = [(idx, x, image_generator(cfg.seed, idx, device)) for x, idx in zip(xs, idxs)]
+        if device.type == "cpu":
+            engine._forward_fn, in_forward[0] = timed_forward, 0.0
         t0 = time.perf_counter()
         eng_results = [c for _, c in engine.counts(items, (cfg.n0, cfg.n), bs)]
         _sync(device)
-        runs["eng"].append(total / (time.perf_counter() - t0))
+        elapsed = time.perf_counter() - t0
+        engine._forward_fn = forward_fn
+        runs["eng"].append(total / elapsed)
+        shares.append(in_forward[0] / elapsed if device.type == "cpu" else float("nan"))
 
     med = {k: float(np.median(v)) for k, v in runs.items()}
     ratio_eng = float(np.median(np.divide(runs["eng"], runs["eng_fw"])))
@@ -200,6 +218,7 @@ def bench_certify(cfg: BenchConfig, log=print) -> dict[str, Any]:
         "config": asdict(cfg),
         "engine": repr(engine),
         "setup_seconds": setup_s,
+        "engine_forward_share": float(np.median(shares)),  # of the engine's wall time (CPU runs)
         "command": " ".join(["rsbook", *sys.argv[1:]]) if Path(sys.argv[0]).name == "rsbook" else None,
         **provenance(device),
     }
@@ -246,7 +265,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"device: {meta['device']}",
         f"model {c['model']} ({c['weights'] if c['weights'] == 'random' else 'trained'}) on {c['dataset']}, "
         f"{c['noise']} sigma={c['sigma']}, n0={c['n0']}, n={c['n']}, {c['images']} images; engine set-up {meta['setup_seconds']:.1f} s; "
-        f"median of {c['repeats']} interleaved rounds",
+        f"median of {c['repeats']} interleaved rounds"
+        + ("" if math.isnan(meta["engine_forward_share"]) else f"; the engine spends {meta['engine_forward_share']:.0%} of its time in the model's forward"),
         "",
         f"{'variant':<30} {'evaluated as':<29} {'batch':>5} {'throughput (min-max)':>34} {'/forward':>8} {'speedup':>7}",
     ]

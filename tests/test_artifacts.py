@@ -108,3 +108,10 @@ def test_state_dict_is_loaded_weights_only(tmp_path):
     store.load_or_compute(Cfg(a=9), compute, "pt")
     with pytest.raises(CorruptArtifactError):
         store.load_tensors(Cfg(a=9))
+
+
+def test_a_json_payload_cannot_overwrite_the_metadata(tmp_path):
+    from rsbook.artifacts import ArtifactStore
+
+    with pytest.raises(ValueError, match="metadata"):
+        ArtifactStore(tmp_path).paths(Cfg(), "json")

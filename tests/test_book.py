@@ -76,3 +76,9 @@ def test_book_builds_with_every_chapter_at_smoke_profile(monkeypatch, data_root)
         page = (html / "book" / "generated" / f"{c.stem}.html").read_text()
         assert "Traceback" not in page
     assert "Build status" in (html / "book" / "generated" / "status.html").read_text()
+
+
+def test_every_chapter_is_in_the_table_of_contents():
+    toc = (REPO / "_toc.yml").read_text()
+    for src in chapters(REPO):
+        assert f"book/generated/{src.stem}\n" in toc, f"{src.name} is not in _toc.yml"
