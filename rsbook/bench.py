@@ -143,7 +143,7 @@ def bench_certify(cfg: BenchConfig, log=print) -> dict[str, Any]:
 
     log(f"[bench] raw forward of the reference model (fp32, NCHW, eager), batches {candidates} ...")
     with torch.inference_mode():
-        ref_rates = forward_throughput(ref_model, shape, device, candidates, seconds=cfg.forward_seconds / 2, channels_last=False)
+        ref_rates = forward_throughput(ref_model, shape, device, candidates, seconds=cfg.forward_seconds / 4, channels_last=False, rounds=3)
     ref_bs = max(ref_rates, key=ref_rates.get)
 
     log("[bench] engine set-up (layout, compilation if chosen, batch-size sweep) ...")

@@ -123,25 +123,30 @@ def _time_forward(fn, batch: torch.Tensor, seconds: float, min_reps: int = 3, wa
 
 def forward_throughput(
     forward, shape: tuple[int, ...], device: torch.device, batch_sizes: Iterable[int],
-    seconds: float = 1.0, channels_last: bool = True,
+    seconds: float = 1.0, channels_last: bool = True, rounds: int = 1,
 ) -> dict[int, float]:
     """Raw forward throughput (images/s) of ``forward`` on random batches, per batch size.
 
-    Stops at the first batch size that runs out of memory.
+    With ``rounds > 1`` the batch sizes are measured in alternation and each keeps its best
+    round (a busy machine only ever slows a measurement down). Batch sizes from the first
+    one that runs out of memory on are skipped.
     """
-    out: dict[int, float] = {}
-    for bs in batch_sizes:
-        try:
-            batch = torch.rand((bs, *shape), device=device)
-            if channels_last and batch.dim() == 4:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                out[bs] = _time_forward(forward, batch, seconds, warmup=min(0.3, seconds))
-        except torch.OutOfMemoryError:
-            break
-        finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    sizes, out = list(batch_sizes), {}
+    for _ in range(rounds):
+        for bs in list(sizes):
+            try:
+                batch = torch.rand((bs, *shape), device=device)
+                if channels_last and batch.dim() == 4:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode():
+                    rate = _time_forward(forward, batch, seconds, warmup=min(0.3, seconds))
+                out[bs] = max(out.get(bs, 0.0), rate)
+            except torch.OutOfMemoryError:
+                sizes = [b for b in sizes if b < bs]
+                break
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     return out
 
 
@@ -251,8 +256,11 @@ class Engine:
         fmt = torch.channels_last if self.channels_last and len(shape) == 3 else torch.contiguous_format
         return torch.empty((bs, *shape), device=self.device, memory_format=fmt).zero_()
 
-    def batch_size_for(self, shape: tuple[int, ...], batch_size: int | None, seconds: float = 0.5) -> int:
-        """``batch_size``, or (for ``None``) the fastest of a short sweep that fits in memory."""
+    def batch_size_for(self, shape: tuple[int, ...], batch_size: int | None, seconds: float = 0.25) -> int:
+        """``batch_size``, or (for ``None``) the fastest of a sweep that fits in memory.
+
+        Three alternating rounds of ``seconds`` per candidate; each candidate keeps its best round.
+        """
         if batch_size is not None:
             if batch_size < 1:
                 raise ValueError(f"batch_size must be >= 1 (or None for automatic), got {batch_size}")
@@ -261,15 +269,8 @@ class Engine:
         if key not in self._batch_cache:
             t0 = time.perf_counter()
             candidates = _GPU_BATCHES if self.device.type == "cuda" else _CPU_BATCHES
-            with torch.inference_mode():
-                rates = {}
-                for bs in candidates:
-                    try:
-                        rates[bs] = _time_forward(self._forward_fn, self._buffer(bs, shape), seconds, warmup=min(0.3, seconds))
-                    except torch.OutOfMemoryError:
-                        break
-                    if len(rates) >= 3 and rates[bs] < 0.9 * max(rates.values()):
-                        break
+            fmt = self.channels_last and len(shape) == 3
+            rates = forward_throughput(self._forward_fn, shape, self.device, candidates, seconds, fmt, rounds=3)
             if not rates:
                 raise RuntimeError(f"even a batch of {candidates[0]} does not fit on {self.device}; pass a smaller batch_size")
             self._batch_cache[key] = max(rates, key=rates.get)
