@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size, help="engine batch (0: automatic)")
     c.add_argument("--seed", type=int, default=d.seed)
     c.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
-    c.add_argument("--repeats", type=int, default=d.repeats, help="interleaved rounds (the table shows medians)")
+    c.add_argument("--repeats", type=int, default=d.repeats, help="interleaved rounds (the table shows each quantity's best round)")
     c.add_argument("--forward-seconds", dest="forward_seconds", type=float, default=d.forward_seconds, help="seconds per raw-forward measurement")
     c.add_argument("--json", help="also write the result as JSON here")
     c.add_argument("--csv", help="also write the table as CSV here")

@@ -37,7 +37,7 @@ import math
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -159,17 +159,23 @@ class _Job:
     generator: torch.Generator | None
     sizes: tuple[int, ...]
     slots: list[int]
+    plan: list[int]  # sizes of the noise blocks, in draw order (no block crosses a phase)
     phase: int = 0
     taken: int = 0  # samples of the current phase already put into batches
     block: torch.Tensor | None = None
     block_pos: int = 0
-    drawn: int = 0  # samples of the current phase already drawn from the generator
+    next_block: int = 0  # index into plan of the next block to draw
     last_batch: int = -1  # index of the batch holding this job's last sample
-    extra: dict = field(default_factory=dict)
+    buffer: torch.Tensor | None = None  # storage for the current noise block
 
     @property
     def assigned(self) -> bool:
         return self.phase >= len(self.sizes)
+
+
+def _block_plan(sizes: tuple[int, ...], block: int) -> list[int]:
+    """Block sizes for phases ``sizes``: full blocks of ``block``, then each phase's remainder."""
+    return [min(block, n - i) for n in sizes for i in range(0, n, block)]
 
 
 class Engine:
@@ -317,6 +323,8 @@ class Engine:
 
     def _run(self, first, it, shape, sizes, bs) -> Iterator[tuple[Any, np.ndarray]]:
         device, K, P = self.device, self.num_classes, len(sizes)
+        plan = _block_plan(sizes, self.noise_block)
+        self._free_buffers: list[torch.Tensor] = []
         buf = self._buffer(bs, shape)
         # Count table: row 0 is a sink for padded rows; free rows are recycled.
         table = torch.zeros((1 + P * (2 + math.ceil(bs / min(sizes))), K), dtype=torch.long, device=device)
@@ -338,7 +346,7 @@ class Engine:
                 old = table.shape[0]
                 table = torch.cat([table, torch.zeros_like(table)])
                 free.extend(range(2 * old - 1, old - 1, -1))
-            return _Job(key, x, gen, sizes, [free.pop() for _ in range(P)])
+            return _Job(key, x, gen, sizes, [free.pop() for _ in range(P)], plan)
 
         batch_index = 0
         while True:
@@ -380,14 +388,25 @@ class Engine:
                 yield job.key, counts.cpu().numpy()
             batch_index += 1
 
+    def _next_block(self, job: _Job) -> torch.Tensor:
+        """The job's next noise block, drawn from its generator in plan order into its buffer.
+
+        The buffer is reused block after block (and job after job): a fresh multi-megabyte
+        tensor per block costs more in page faults than drawing the noise.
+        """
+        m = job.plan[job.next_block]
+        job.next_block += 1
+        if job.buffer is None:
+            job.buffer = self._free_buffers.pop() if self._free_buffers else torch.empty(
+                (self.noise_block, *job.x.shape), device=self.device)
+        return self.noise.sample_(job.buffer[:m], generator=job.generator)
+
     def _take(self, job: _Job, buf, fill, bs, row_ids, lens, batch_index) -> int:
         """Write ``job``'s next noisy samples into ``buf[fill:]``; returns the new fill."""
         while fill < bs and not job.assigned:
             need = job.sizes[job.phase]
             if job.block is None or job.block_pos >= job.block.shape[0]:
-                m = min(self.noise_block, need - job.drawn)
-                job.block = self.noise.sample((m, *job.x.shape), generator=job.generator, device=self.device)
-                job.block_pos, job.drawn = 0, job.drawn + m
+                job.block, job.block_pos = self._next_block(job), 0
             k = min(bs - fill, job.block.shape[0] - job.block_pos, need - job.taken)
             torch.add(job.block[job.block_pos : job.block_pos + k], job.x, out=buf[fill : fill + k])
             row_ids.append(job.slots[job.phase])
@@ -396,6 +415,9 @@ class Engine:
             job.taken += k
             fill += k
             job.last_batch = batch_index
-            if job.taken == need:  # next phase: fresh blocks
-                job.phase, job.taken, job.drawn, job.block = job.phase + 1, 0, 0, None
+            if job.taken == need:  # next phase: its own blocks
+                job.phase, job.taken, job.block = job.phase + 1, 0, None
+                if job.assigned:  # every block is used (stream order protects it on CUDA)
+                    self._free_buffers.append(job.buffer)
+                    job.buffer = None
         return fill

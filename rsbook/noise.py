@@ -52,6 +52,10 @@ class Noise:
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """Draw a tensor of i.i.d. noise of the given shape on ``device``."""
+        return self.sample_(torch.empty(tuple(shape), device=device, dtype=dtype), generator)
+
+    def sample_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Fill ``out`` with i.i.d. noise in place (the same values ``sample`` would return)."""
         raise NotImplementedError
 
     def certified_radius(self, p_lower: np.ndarray | float) -> np.ndarray | float:
@@ -73,8 +77,9 @@ class Gaussian(Noise):
     name: ClassVar[str] = "gaussian"
     norm: ClassVar[str] = "l2"
 
-    def sample(self, shape, generator=None, device=None, dtype=torch.float32):
-        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype) * self.sigma
+    def sample_(self, out, generator=None):
+        # one pass, and bit for bit the values of ``torch.randn(...) * sigma`` (tested)
+        return out.normal_(0.0, self.sigma, generator=generator)
 
     def certified_radius(self, p_lower):
         return self.sigma * norm.ppf(p_lower)
@@ -97,10 +102,10 @@ class Laplace(Noise):
         """The Laplace scale ``b = sigma / sqrt(2)``."""
         return self.sigma / math.sqrt(2.0)
 
-    def sample(self, shape, generator=None, device=None, dtype=torch.float32):
+    def sample_(self, out, generator=None):
         # The difference of two i.i.d. Exp(1) variables is standard Laplace (scale 1).
-        e = torch.empty((2, *shape), device=device, dtype=dtype).exponential_(generator=generator)
-        return (e[0] - e[1]) * self.scale
+        e = torch.empty((2, *out.shape), device=out.device, dtype=out.dtype).exponential_(generator=generator)
+        return torch.sub(e[0], e[1], out=out).mul_(self.scale)
 
     def certified_radius(self, p_lower):
         p = np.asarray(p_lower, dtype=float)
@@ -125,9 +130,8 @@ class Uniform(Noise):
         """The half-width ``l = sqrt(3) * sigma`` of the support."""
         return math.sqrt(3.0) * self.sigma
 
-    def sample(self, shape, generator=None, device=None, dtype=torch.float32):
-        u = torch.rand(tuple(shape), generator=generator, device=device, dtype=dtype)
-        return (2.0 * u - 1.0) * self.half_width
+    def sample_(self, out, generator=None):
+        return out.uniform_(-self.half_width, self.half_width, generator=generator)
 
     def certified_radius(self, p_lower):
         p = np.asarray(p_lower, dtype=float)

@@ -177,3 +177,10 @@ def test_committed_certification_artifacts_keep_their_keys():
 
 class _Frozen(dict):
     """A dict standing in for the model's config dataclass (``asdict`` copies it as is)."""
+
+
+def test_block_plan_never_crosses_a_phase():
+    from rsbook.engine import _block_plan
+
+    assert _block_plan((100, 1000), 400) == [100, 400, 400, 200]
+    assert _block_plan((800,), 400) == [400, 400]
