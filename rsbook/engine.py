@@ -50,7 +50,6 @@ __all__ = ["Engine", "PRECISIONS", "COMPILE_MIN_SAMPLES", "forward_throughput", 
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 COMPILE_MIN_SAMPLES = 200_000  # "auto" compiles runs with at least this many forward samples
-_STOCHASTIC = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 _CPU_BATCHES = (64, 128, 256, 512)
 _GPU_BATCHES = (256, 512, 1024, 2048, 4096, 8192)
 
@@ -227,9 +226,10 @@ class Engine:
     def _prepare(self, planned: int | None) -> None:
         if self._forward_fn is not None:
             return
-        if any(m.training for m in self.model.modules() if isinstance(m, _STOCHASTIC)):
-            # Batch-statistics BN would make one image's prediction depend on the others in the batch.
-            warnings.warn("the model has batch-norm or dropout layers in training mode; call model.eval() first", stacklevel=3)
+        if any(m.training for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            # Batch statistics would couple the samples of a batch (and of different images):
+            # the counts would no longer be independent draws, and no certificate would hold.
+            raise ValueError("the model has batch-norm layers in training mode; call model.eval() before certifying")
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         want = self.compile
