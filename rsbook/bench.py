@@ -149,13 +149,10 @@ def bench_certify(cfg: BenchConfig, log=print) -> dict[str, Any]:
     log("[bench] engine set-up (layout, compilation if chosen, batch-size sweep) ...")
     t0 = time.perf_counter()
     engine._prepare(500 * (cfg.n0 + cfg.n))  # compile="auto" decides as for Cohen's 500-image run
-    sweep_s = cfg.forward_seconds / 4
-    bs = engine.batch_size_for(shape, cfg.batch_size or None, sweep_s) if not engine.compiled else None
-    if engine.compiled:  # compile inside the engine's own guarded path, at the chosen batch size
-        warm = [(None, xs[0], torch.Generator(device).manual_seed(0))]
-        engine.batch_size_for(shape, cfg.batch_size or None, sweep_s)
-        list(engine.counts(warm, (1,), cfg.batch_size or None))
-        bs = engine.batch_size_for(shape, cfg.batch_size or None)
+    engine.sweep_seconds = cfg.forward_seconds / 4
+    # One tiny run sweeps batch sizes and compiles, inside the engine's guard (eager fallback).
+    list(engine.counts([(None, xs[0], torch.Generator(device).manual_seed(0))], (1,), cfg.batch_size or None))
+    bs = engine.batch_size_for(shape, cfg.batch_size or None)
     setup_s = time.perf_counter() - t0
     log(f"[bench] {engine!r}, batch {bs}, set-up {setup_s:.1f} s")
     runs: dict[str, list[float]] = {"ref_fw": [], "eng_fw": [], "ref": [], "eng": []}

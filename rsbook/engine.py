@@ -33,6 +33,7 @@ are exact integers.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import shutil
 import time
@@ -87,9 +88,8 @@ def precision_context(precision: str, device: torch.device):
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
+    t = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if t is None else t.device
 
 
 def _compiler_available(device: torch.device) -> bool:
@@ -159,13 +159,13 @@ class _Job:
     sizes: tuple[int, ...]
     slots: list[int]
     plan: list[int]  # sizes of the noise blocks, in draw order (no block crosses a phase)
+    buffer: torch.Tensor  # storage for the current noise block, (noise_block, *shape)
     phase: int = 0
     taken: int = 0  # samples of the current phase already put into batches
     block: torch.Tensor | None = None
     block_pos: int = 0
     next_block: int = 0  # index into plan of the next block to draw
     last_batch: int = -1  # index of the batch holding this job's last sample
-    buffer: torch.Tensor | None = None  # storage for the current noise block
 
     @property
     def assigned(self) -> bool:
@@ -216,7 +216,8 @@ class Engine:
         self._forward_fn = None
         self.compiled = False
         self._batch_cache: dict[tuple, int] = {}
-        self.stats = {"batches": 0, "samples": 0, "padded": 0, "setup_seconds": 0.0}
+        self.sweep_seconds = 0.25  # per batch size and round of the automatic batch-size sweep
+        self.stats = {"batches": 0, "samples": 0, "padded": 0}
 
     def __repr__(self) -> str:
         return (f"Engine({type(self.model).__name__}, device={self.device}, precision={self.precision}, "
@@ -262,10 +263,11 @@ class Engine:
         fmt = torch.channels_last if self.channels_last and len(shape) == 3 else torch.contiguous_format
         return torch.empty((bs, *shape), device=self.device, memory_format=fmt).zero_()
 
-    def batch_size_for(self, shape: tuple[int, ...], batch_size: int | None, seconds: float = 0.25) -> int:
+    def batch_size_for(self, shape: tuple[int, ...], batch_size: int | None, seconds: float | None = None) -> int:
         """``batch_size``, or (for ``None``) the fastest of a sweep that fits in memory.
 
-        Three alternating rounds of ``seconds`` per candidate; each candidate keeps its best round.
+        Three alternating rounds of ``seconds`` (default ``self.sweep_seconds``) per candidate;
+        each candidate keeps its best round.
         """
         if batch_size is not None:
             if batch_size < 1:
@@ -273,14 +275,13 @@ class Engine:
             return int(batch_size)
         key = tuple(shape)
         if key not in self._batch_cache:
-            t0 = time.perf_counter()
             candidates = _GPU_BATCHES if self.device.type == "cuda" else _CPU_BATCHES
             fmt = self.channels_last and len(shape) == 3
-            rates = forward_throughput(self._forward_fn, shape, self.device, candidates, seconds, fmt, rounds=3)
+            rates = forward_throughput(self._forward_fn, shape, self.device, candidates,
+                                       self.sweep_seconds if seconds is None else seconds, fmt, rounds=3)
             if not rates:
                 raise RuntimeError(f"even a batch of {candidates[0]} does not fit on {self.device}; pass a smaller batch_size")
             self._batch_cache[key] = max(rates, key=rates.get)
-            self.stats["setup_seconds"] += time.perf_counter() - t0
         return self._batch_cache[key]
 
     # -- counting -----------------------------------------------------------------------------
@@ -301,9 +302,7 @@ class Engine:
         sizes = tuple(int(s) for s in sizes)
         if not sizes or min(sizes) < 1:
             raise ValueError(f"every sample size must be >= 1, got {sizes}")
-        t0 = time.perf_counter()
         self._prepare(planned)
-        self.stats["setup_seconds"] += time.perf_counter() - t0
         it = iter(items)
         first = next(it, None)
         if first is None:
@@ -313,9 +312,7 @@ class Engine:
             if self.compiled:
                 try:  # compile now (and fall back to eager if this machine cannot)
                     bs = self.batch_size_for(shape, batch_size)
-                    t0 = time.perf_counter()
                     self._forward_fn(self._buffer(bs, shape))
-                    self.stats["setup_seconds"] += time.perf_counter() - t0
                 except Exception as exc:  # noqa: BLE001 -- any compiler failure
                     self._fallback_to_eager(exc)
             bs = self.batch_size_for(shape, batch_size)
@@ -324,7 +321,7 @@ class Engine:
     def _run(self, first, it, shape, sizes, bs) -> Iterator[tuple[Any, np.ndarray]]:
         device, K, P = self.device, self.num_classes, len(sizes)
         plan = _block_plan(sizes, self.noise_block)
-        self._free_buffers: list[torch.Tensor] = []
+        free_buffers: list[torch.Tensor] = []  # noise-block storage of finished jobs, reused
         buf = self._buffer(bs, shape)
         # Count table: row 0 is a sink for padded rows; free rows are recycled.
         table = torch.zeros((1 + P * (2 + math.ceil(bs / min(sizes))), K), dtype=torch.long, device=device)
@@ -346,7 +343,8 @@ class Engine:
                 old = table.shape[0]
                 table = torch.cat([table, torch.zeros_like(table)])
                 free.extend(range(2 * old - 1, old - 1, -1))
-            return _Job(key, x, gen, sizes, [free.pop() for _ in range(P)], plan)
+            buffer = free_buffers.pop() if free_buffers else torch.empty((self.noise_block, *shape), device=device)
+            return _Job(key, x, gen, sizes, [free.pop() for _ in range(P)], plan, buffer)
 
         batch_index = 0
         while True:
@@ -385,6 +383,7 @@ class Engine:
                 counts = table.index_select(0, slots)
                 table.index_fill_(0, slots, 0)
                 free.extend(job.slots)
+                free_buffers.append(job.buffer)  # all its blocks are used (stream order protects it on CUDA)
                 yield job.key, counts.cpu().numpy()
             batch_index += 1
 
@@ -396,9 +395,6 @@ class Engine:
         """
         m = job.plan[job.next_block]
         job.next_block += 1
-        if job.buffer is None:
-            job.buffer = self._free_buffers.pop() if self._free_buffers else torch.empty(
-                (self.noise_block, *job.x.shape), device=self.device)
         return self.noise.sample_(job.buffer[:m], generator=job.generator)
 
     def _take(self, job: _Job, buf, fill, bs, row_ids, lens, batch_index) -> int:
@@ -417,7 +413,4 @@ class Engine:
             job.last_batch = batch_index
             if job.taken == need:  # next phase: its own blocks
                 job.phase, job.taken, job.block = job.phase + 1, 0, None
-                if job.assigned:  # every block is used (stream order protects it on CUDA)
-                    self._free_buffers.append(job.buffer)
-                    job.buffer = None
         return fill
