@@ -77,6 +77,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def _tracked_by_git(path: Path) -> bool:
+    """Whether ``path`` is committed in the git repository that holds it."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "ls-files", "--error-unmatch", path.name], cwd=path.parent, capture_output=True, timeout=10)
+        return r.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 class ArtifactStore:
     """A folder of artifacts.
 
@@ -126,6 +137,15 @@ class ArtifactStore:
 
     @staticmethod
     def _fix(payload: Path) -> str:
+        return ArtifactStore.fix_hint(payload)
+
+    @staticmethod
+    def fix_hint(payload: Path) -> str:
+        """How to repair a bad artifact: restore it from git if it is committed, else recompute it."""
+        meta = payload.with_name(payload.name.split(".", 1)[0] + ".json")
+        if _tracked_by_git(payload):
+            return (f"It is a committed artifact: restore it with `git checkout -- {payload} {meta}` "
+                    "(recomputing it can take hours).")
         return f"Delete {payload.name} and its .json (or pass recompute=True) to compute it again."
 
     def load_or_compute(

@@ -4,14 +4,22 @@ One run measures, in one process, for one model, noise, ``N`` and set of test im
 
 * raw forward throughput (images/s) at the best batch size, for the model as the reference
   evaluates it (fp32, NCHW, eager) and as the engine evaluates it;
-* the **reference loop**, written as Cohen et al.'s published code does it: per image, repeat
-  ``x`` into batches of 400, ``randn_like`` noise, fp32 forward, argmax, counts moved to the
-  CPU every batch, Clopper-Pearson at the end;
-* :class:`~rsbook.certify.Smooth` on the :class:`~rsbook.engine.Engine` (noise samples/s,
-  its ratio to the engine's raw forward throughput, its speedup over the reference loop);
+* the **reference loop** (:mod:`rsbook.core.reference`), Cohen et al.'s published code: per
+  image, repeat ``x`` into batches of 400, ``randn_like`` noise, fp32 forward, argmax, counts
+  moved to the CPU every batch, Clopper-Pearson at the end;
+* :class:`~rsbook.core.certify.Smooth` on the :class:`~rsbook.core.engine.Engine` (noise
+  samples/s, its ratio to the engine's raw forward throughput, its speedup over the reference);
 * whether both give the same certificates. Both draw each image's noise from a generator
   seeded by ``(seed, idx)`` in blocks of 400, so the noise is identical and counts can differ
   only where floating-point differences (layout, compilation, precision) flip an argmax.
+
+With ``sigmas`` the images are smoothed with different noise levels (image ``i`` with
+``sigmas[i % len(sigmas)]``), each carried by its own engine item: the mixed-noise case.
+
+**Contention.** A benchmark on a busy machine measures the machine, not the code. Each run
+records how much CPU time other processes and the hypervisor (steal) took during it, the
+load average before it, and how far its rounds disagree; a run over the limits is marked
+*contended*, says so in its table, and is refused where it would replace stored results.
 """
 
 from __future__ import annotations
@@ -21,25 +29,43 @@ import csv
 import datetime as _dt
 import json
 import math
+import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .certify import Smooth, certificate
+from .core.certify import Smooth, certificate
+from .core.engine import Item, batch_candidates, forward_throughput
+from .core.noise import Noise, make_noise
+from .core.reference import REFERENCE_BATCH, reference_certify
+from .core.runner import image_generator
 from .data import NUM_CLASSES
-from .engine import _CPU_BATCHES, _GPU_BATCHES, forward_throughput
-from .noise import Noise, make_noise
-from .provenance import provenance
-from .runner import image_generator
+from .provenance import cpu_features, provenance
 
-__all__ = ["BenchConfig", "reference_counts", "reference_certify", "bench_certify", "format_table", "write_csv"]
+__all__ = [
+    "BenchConfig",
+    "ContentionError",
+    "LoadMonitor",
+    "CONTENTION_LIMITS",
+    "bench_certify",
+    "format_table",
+    "write_csv",
+    "write_json",
+]
 
-REFERENCE_BATCH = 400  # Cohen et al.'s batch size
+#: A run is contended when, during it, other processes used at least ``others`` of the CPUs,
+#: the hypervisor stole at least ``steal`` of them, the 1-minute load average before it was
+#: above the core count, or some quantity's best round was ``spread`` times its worst.
+CONTENTION_LIMITS = {"others": 0.25, "steal": 0.10, "spread": 1.5}
+
+
+class ContentionError(RuntimeError):
+    """A benchmark ran on a busy machine; its numbers must not replace stored ones."""
 
 
 @dataclass(frozen=True)
@@ -58,40 +84,79 @@ class BenchConfig:
     device: str = "cpu"
     precision: str = "fp32"
     compile: str = "auto"  # auto (as the runner would for a 500-image run) | on | off
-    batch_size: int = 0  # 0: automatic
+    batch_size: int = 0  # 0: each side at its best batch (swept); k: both raw forwards and the engine at batch k
     seed: int = 0
     threads: int = 0  # 0: torch's default
     repeats: int = 3  # interleaved rounds; the table shows each quantity's best round
     forward_seconds: float = 2.0  # per raw-forward measurement (half that per swept batch size)
+    sigmas: tuple[float, ...] = field(default=(), metadata={"key_omits_default": True})  # per-image levels (mixed noise)
+
+    def __post_init__(self) -> None:
+        make_noise(self.noise, self.sigma)
+        for s in self.sigmas:
+            make_noise(self.noise, s)
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
+        if self.images < 1 or self.repeats < 1:
+            raise ValueError("images and repeats must be >= 1")
+
+    def noise_of(self, i: int) -> Noise:
+        """The noise of the ``i``-th benchmark image."""
+        return make_noise(self.noise, self.sigmas[i % len(self.sigmas)] if self.sigmas else self.sigma)
 
 
-def reference_counts(model, x: torch.Tensor, num: int, noise: Noise, num_classes: int, batch: int = REFERENCE_BATCH) -> np.ndarray:
-    """Cohen et al.'s ``_sample_noise``: class counts over ``num`` draws, as published.
+def _proc_stat() -> tuple[float, float, float] | None:
+    """(busy, steal, total) CPU jiffies of the whole machine since boot, or None off Linux."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0.0] * 8)[:8]
+    busy = user + nice + system + irq + softirq
+    return busy, steal, busy + idle + iowait + steal
 
-    Draws from the global RNG (``randn_like``); counts go to the CPU after every batch.
+
+class LoadMonitor:
+    """How busy the machine was with *other* work while a ``with`` block ran.
+
+    ``others``: CPU time of all other processes over the machine's capacity; ``steal``: time
+    the hypervisor gave to other guests; ``loadavg``: the 1-minute load average at the start.
+    Off Linux only ``loadavg`` is known.
     """
-    counts = np.zeros(num_classes, dtype=np.int64)
-    remaining = num
-    with torch.no_grad():
-        while remaining > 0:
-            this = min(batch, remaining)
-            remaining -= this
-            b = x.repeat((this, 1, 1, 1))
-            if noise.name == "gaussian":
-                eps = torch.randn_like(b) * noise.sigma
-            else:  # the published code is Gaussian-only; other noises draw the same way as the engine
-                eps = noise.sample(b.shape, device=b.device)
-            preds = model(b + eps).argmax(1)
-            counts += np.bincount(preds.cpu().numpy(), minlength=num_classes)
-    return counts
+
+    def __init__(self):
+        self.result: dict[str, float] = {}
+
+    def __enter__(self) -> "LoadMonitor":
+        self._stat, self._self = _proc_stat(), sum(os.times()[:2])
+        self._loadavg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stat, own = _proc_stat(), sum(os.times()[:2])
+        out = {"loadavg": self._loadavg, "cores": float(os.cpu_count() or 1), "others": float("nan"), "steal": float("nan")}
+        if self._stat and stat and stat[2] > self._stat[2]:
+            tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+            total = stat[2] - self._stat[2]
+            mine = (own - self._self) * tick
+            out["others"] = max(0.0, (stat[0] - self._stat[0] - mine) / total)
+            out["steal"] = (stat[1] - self._stat[1]) / total
+        self.result = out
 
 
-def reference_certify(model, x, n0, n, alpha, noise, num_classes, seed: int, batch: int = REFERENCE_BATCH):
-    """The published CERTIFY, with the global RNG seeded by ``seed`` (as ``image_generator``)."""
-    torch.manual_seed(seed)
-    counts0 = reference_counts(model, x, n0, noise, num_classes, batch)
-    counts = reference_counts(model, x, n, noise, num_classes, batch)
-    return counts0, counts
+def contention(load: dict[str, float], runs: dict[str, list[float]]) -> dict[str, Any]:
+    """Whether a run was contended, and why (see :data:`CONTENTION_LIMITS`)."""
+    spread = max((max(v) / min(v) for v in runs.values() if v and min(v) > 0), default=1.0)
+    reasons = []
+    if load.get("others", 0) >= CONTENTION_LIMITS["others"]:
+        reasons.append(f"other processes used {load['others']:.0%} of the CPUs")
+    if load.get("steal", 0) >= CONTENTION_LIMITS["steal"]:
+        reasons.append(f"the hypervisor stole {load['steal']:.0%} of the CPU time")
+    if load.get("loadavg", 0) > load.get("cores", math.inf):
+        reasons.append(f"the load average was {load['loadavg']:.1f} on {load['cores']:.0f} cores before the run")
+    if spread >= CONTENTION_LIMITS["spread"]:
+        reasons.append(f"rounds disagree up to {spread:.2f}x")
+    return {**load, "spread": spread, "contended": bool(reasons), "reasons": reasons}
 
 
 def _load_model(cfg: BenchConfig, device: torch.device) -> torch.nn.Module:
@@ -101,7 +166,7 @@ def _load_model(cfg: BenchConfig, device: torch.device) -> torch.nn.Module:
     if cfg.weights != "random":
         path = Path(cfg.weights)
         if not path.is_absolute() and not path.is_file():  # repo-relative paths keep configs portable
-            from .profiles import repo_root
+            from .book.profiles import repo_root
 
             path = repo_root() / path
         if not path.is_file():
@@ -129,79 +194,71 @@ def bench_certify(cfg: BenchConfig, log=print) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    noise = make_noise(cfg.noise, cfg.sigma)
+    noises = [cfg.noise_of(i) for i in range(cfg.images)]
     xs, idxs = _images(cfg)
     shape = tuple(xs.shape[1:])
     ref_model = _load_model(cfg, device)
     eng_model = copy.deepcopy(ref_model)
     K = NUM_CLASSES[cfg.dataset]
     compile_flag = {"auto": None, "on": True, "off": False}[cfg.compile]
-    smooth = Smooth(eng_model, K, noise, precision=cfg.precision, compile=compile_flag)
+    smooth = Smooth(eng_model, K, noises[0], precision=cfg.precision, compile=compile_flag)
     engine = smooth.engine
     total = cfg.images * (cfg.n0 + cfg.n)
-    candidates = _GPU_BATCHES if device.type == "cuda" else _CPU_BATCHES
+    candidates = batch_candidates(device)
 
-    log(f"[bench] raw forward of the reference model (fp32, NCHW, eager), batches {candidates} ...")
-    with torch.inference_mode():
-        ref_rates = forward_throughput(ref_model, shape, device, candidates, seconds=cfg.forward_seconds / 4, channels_last=False, rounds=3)
-    ref_bs = max(ref_rates, key=ref_rates.get)
-
-    log("[bench] engine set-up (layout, compilation if chosen, batch-size sweep) ...")
-    t0 = time.perf_counter()
-    engine._prepare(500 * (cfg.n0 + cfg.n))  # compile="auto" decides as for Cohen's 500-image run
-    engine.sweep_seconds = cfg.forward_seconds / 4
-    # One tiny run sweeps batch sizes and compiles, inside the engine's guard (eager fallback).
-    list(engine.counts([(None, xs[0], torch.Generator(device).manual_seed(0))], (1,), cfg.batch_size or None))
-    bs = engine.batch_size_for(shape, cfg.batch_size or None)
-    setup_s = time.perf_counter() - t0
-    log(f"[bench] {engine!r}, batch {bs}, set-up {setup_s:.1f} s")
-    runs: dict[str, list[float]] = {"ref_fw": [], "eng_fw": [], "ref": [], "eng": []}
-    with torch.inference_mode():  # warm both paths up (oneDNN primitives, thread pools)
-        forward_throughput(ref_model, shape, device, [ref_bs], seconds=cfg.forward_seconds / 2, channels_last=False)
-        forward_throughput(engine.forward, shape, device, [bs], seconds=cfg.forward_seconds / 2, channels_last=engine.channels_last)
-    forward_fn, in_forward = engine._forward_fn, [0.0]
-
-    def timed_forward(batch):  # CPU only: on CUDA this would need a sync per batch
-        t = time.perf_counter()
-        out = forward_fn(batch)
-        in_forward[0] += time.perf_counter() - t
-        return out
-
-    shares = []
-    for r in range(cfg.repeats):  # interleaved rounds, each throughput next to its raw forward
-        log(f"[bench] round {r + 1}/{cfg.repeats}: raw forwards, reference loop, engine ({cfg.images} images, N = {cfg.n0} + {cfg.n})")
+    with LoadMonitor() as monitor:
+        if cfg.batch_size:  # a given batch is used by both: no sweep at all (quick runs)
+            candidates = (cfg.batch_size,)
+        log(f"[bench] raw forward of the reference model (fp32, NCHW, eager), batches {candidates} ...")
         with torch.inference_mode():
-            runs["ref_fw"].append(forward_throughput(ref_model, shape, device, [ref_bs], seconds=cfg.forward_seconds, channels_last=False)[ref_bs])
-        ref_results, t0 = [], time.perf_counter()
-        for x, idx in zip(xs, idxs):
-            seed = (cfg.seed << 32) + idx
-            ref_results.append(reference_certify(ref_model, x.to(device), cfg.n0, cfg.n, cfg.alpha, noise, K, seed))
-        _sync(device)
-        runs["ref"].append(total / (time.perf_counter() - t0))
-        with torch.inference_mode():
-            runs["eng_fw"].append(forward_throughput(engine.forward, shape, device, [bs], seconds=cfg.forward_seconds, channels_last=engine.channels_last)[bs])
-        items = [(idx, x, image_generator(cfg.seed, idx, device)) for x, idx in zip(xs, idxs)]
-        if device.type == "cpu":
-            engine._forward_fn, in_forward[0] = timed_forward, 0.0
+            ref_rates = forward_throughput(ref_model, shape, device, candidates, seconds=cfg.forward_seconds / 4, channels_last=False,
+                                           rounds=min(3, cfg.repeats))
+        ref_bs = max(ref_rates, key=ref_rates.get)
+
+        log("[bench] engine set-up (layout, compilation if chosen, batch-size sweep) ...")
         t0 = time.perf_counter()
-        eng_results = [c for _, c in engine.counts(items, (cfg.n0, cfg.n), bs)]
-        _sync(device)
-        elapsed = time.perf_counter() - t0
-        engine._forward_fn = forward_fn
-        runs["eng"].append(total / elapsed)
-        shares.append(in_forward[0] / elapsed if device.type == "cpu" else float("nan"))
+        engine.sweep_seconds, engine.sweep_rounds = cfg.forward_seconds / 4, min(3, cfg.repeats)
+        # compile="auto" decides as for Cohen's 500-image run; compiles inside the engine's guard (eager fallback)
+        bs = engine.warmup(shape, cfg.batch_size or None, planned=500 * (cfg.n0 + cfg.n))
+        setup_s = time.perf_counter() - t0
+        log(f"[bench] {engine!r}, batch {bs}, set-up {setup_s:.1f} s")
+        runs: dict[str, list[float]] = {"ref_fw": [], "eng_fw": [], "ref": [], "eng": []}
+        with torch.inference_mode():  # warm both paths up (oneDNN primitives, thread pools)
+            forward_throughput(ref_model, shape, device, [ref_bs], seconds=cfg.forward_seconds / 2, channels_last=False)
+        engine.throughput(shape, bs, seconds=cfg.forward_seconds / 2)
+        shares = []
+        for r in range(cfg.repeats):  # interleaved rounds, each throughput next to its raw forward
+            log(f"[bench] round {r + 1}/{cfg.repeats}: raw forwards, reference loop, engine ({cfg.images} images, N = {cfg.n0} + {cfg.n})")
+            with torch.inference_mode():
+                runs["ref_fw"].append(forward_throughput(ref_model, shape, device, [ref_bs], seconds=cfg.forward_seconds, channels_last=False)[ref_bs])
+            ref_results, t0 = [], time.perf_counter()
+            for x, idx, noise in zip(xs, idxs, noises):
+                seed = (cfg.seed << 32) + idx
+                ref_results.append(reference_certify(ref_model, x.to(device), cfg.n0, cfg.n, cfg.alpha, noise, K, seed))
+            _sync(device)
+            runs["ref"].append(total / (time.perf_counter() - t0))
+            runs["eng_fw"].append(engine.throughput(shape, bs, seconds=cfg.forward_seconds))
+            items = [Item(idx, x, image_generator(cfg.seed, idx, device), noise) for x, idx, noise in zip(xs, idxs, noises)]
+            engine.timing, engine.stats["forward_seconds"] = device.type == "cpu", 0.0  # CPU: no sync needed to time
+            t0 = time.perf_counter()
+            eng_results = [c for _, c in engine.counts(items, (cfg.n0, cfg.n), bs)]
+            _sync(device)
+            elapsed = time.perf_counter() - t0
+            engine.timing = False
+            runs["eng"].append(total / elapsed)
+            shares.append(engine.stats["forward_seconds"] / elapsed if device.type == "cpu" else float("nan"))
 
     # A busy machine only ever slows a measurement down, so each quantity is its best round
     # (as timeit reports the minimum time); the range of all rounds is kept beside it.
-    med = {k: float(np.max(v)) for k, v in runs.items()}
-    ratio_eng = med["eng"] / med["eng_fw"]
-    ratio_ref = med["ref"] / med["ref_fw"]
-    speedup = med["eng"] / med["ref"]
+    best = {k: float(np.max(v)) for k, v in runs.items()}
+    ratio_eng = best["eng"] / best["eng_fw"]
+    ratio_ref = best["ref"] / best["ref_fw"]
+    speedup = best["eng"] / best["ref"]
     label = f"{cfg.precision}, {'channels_last' if engine.channels_last else 'NCHW'}, {'compiled' if engine.compiled else 'eager'}"
     ref_label = "fp32, NCHW, eager"
 
     def row(variant, evaluated, batch, key, unit, ratio=None, sp=None):
-        return dict(variant=variant, precision=evaluated, batch=batch, per_s=med[key], unit=unit,
+        return dict(variant=variant, precision=evaluated, batch=batch, per_s=best[key], unit=unit,
                     per_s_min=min(runs[key]), per_s_max=max(runs[key]), ratio_to_forward=ratio, speedup=sp)
 
     rows = [
@@ -210,15 +267,17 @@ def bench_certify(cfg: BenchConfig, log=print) -> dict[str, Any]:
         row("reference loop (Cohen et al.)", ref_label, REFERENCE_BATCH, "ref", "samples/s", ratio_ref, 1.0),
         row("Smooth.certify (engine)", label, bs, "eng", "samples/s", ratio_eng, speedup),
     ]
-    equivalence = _equivalence(ref_results, eng_results, cfg, noise)
+    equivalence = _equivalence(ref_results, eng_results, cfg, noises)
     meta = {
         "benchmark": "certify",
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "config": asdict(cfg),
         "engine": repr(engine),
         "setup_seconds": setup_s,
-        "engine_forward_share": float(np.median(shares)),  # median over rounds  # of the engine's wall time (CPU runs)
+        "engine_forward_share": float(np.median(shares)),  # of the engine's wall time (CPU runs), median over rounds
         "command": " ".join(["rsbook", *sys.argv[1:]]) if Path(sys.argv[0]).name == "rsbook" else None,
+        "contention": contention(monitor.result, runs),
+        "cpu_features": cpu_features(),
         **provenance(device),
     }
     return {"meta": meta, "rows": rows, "equivalence": equivalence}
@@ -229,11 +288,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _equivalence(ref, eng, cfg: BenchConfig, noise: Noise) -> dict[str, Any]:
+def _equivalence(ref, eng, cfg: BenchConfig, noises: list[Noise]) -> dict[str, Any]:
     """Same predictions? Counts identical? Differences within the Monte Carlo spread?"""
     same_pred = identical = 0
     max_dna, max_dr, max_z = 0, 0.0, 0.0
-    for (r0, r1), c in zip(ref, eng):
+    for (r0, r1), c, noise in zip(ref, eng, noises):
         p_ref, rad_ref = certificate(r0, r1, cfg.alpha, noise)
         p_eng, rad_eng = certificate(c[0], c[1], cfg.alpha, noise)
         same_pred += p_ref == p_eng
@@ -256,19 +315,28 @@ def _equivalence(ref, eng, cfg: BenchConfig, noise: Noise) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The benchmark as a plain-text table with its machine and equivalence lines."""
+    """The benchmark as a plain-text table with its machine, load and equivalence lines."""
     meta, eq = result["meta"], result["equivalence"]
     c = meta["config"]
+    noise = f"{c['noise']} sigma={c['sigma']}" if not c.get("sigmas") else f"{c['noise']} sigma per image in {list(c['sigmas'])}"
     lines = [
         f"certify benchmark  {meta['date']}  rsbook {meta['rsbook']} ({meta['git_commit'][:12]})  torch {meta['torch']}",
         f"device: {meta['device']}",
         f"model {c['model']} ({c['weights'] if c['weights'] == 'random' else 'trained'}) on {c['dataset']}, "
-        f"{c['noise']} sigma={c['sigma']}, n0={c['n0']}, n={c['n']}, {c['images']} images; engine set-up {meta['setup_seconds']:.1f} s; "
+        f"{noise}, n0={c['n0']}, n={c['n']}, {c['images']} images; engine set-up {meta['setup_seconds']:.1f} s; "
         f"best of {c['repeats']} interleaved rounds"
         + ("" if math.isnan(meta["engine_forward_share"]) else f"; the engine spends {meta['engine_forward_share']:.0%} of its time in the model's forward"),
-        "",
-        f"{'variant':<30} {'evaluated as':<29} {'batch':>5} {'throughput (min-max)':>34} {'/forward':>8} {'speedup':>7}",
     ]
+    if "contention" in meta:
+        ct = meta["contention"]
+        known = not math.isnan(ct.get("others", float("nan")))
+        load = (f"other processes {ct['others']:.0%} of the CPUs, steal {ct['steal']:.0%}, " if known else "") + \
+            f"load average before {ct['loadavg']:.1f} on {ct['cores']:.0f} cores, rounds spread {ct['spread']:.2f}x"
+        lines.append(f"machine load during the run: {load}")
+        if ct["contended"]:
+            lines.append("WARNING: CONTENDED RUN (" + "; ".join(ct["reasons"]) + "): these timings measure a busy machine; "
+                         "rerun on an idle one")
+    lines += ["", f"{'variant':<30} {'evaluated as':<29} {'batch':>5} {'throughput (min-max)':>34} {'/forward':>8} {'speedup':>7}"]
     for r in result["rows"]:
         ratio = "" if r["ratio_to_forward"] is None else f"{r['ratio_to_forward']:.2f}"
         sp = "" if r["speedup"] is None else f"{r['speedup']:.2f}x"
@@ -283,11 +351,17 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def is_contended(result: dict[str, Any]) -> bool:
+    """Whether a benchmark result was measured on a busy machine (results from before this
+    check existed carry no record and count as not contended)."""
+    return bool(result["meta"].get("contention", {}).get("contended", False))
+
+
 def write_csv(result: dict[str, Any], path: str | Path) -> None:
     """One CSV row per table row, with the config, machine and equivalence columns repeated."""
-    meta = {k: v for k, v in result["meta"].items() if k != "config"}
+    meta = {k: v for k, v in result["meta"].items() if k not in ("config", "contention", "cpu_features")}
     extra = {**{f"config_{k}": v for k, v in result["meta"]["config"].items()}, **meta,
-             **{f"eq_{k}": v for k, v in result["equivalence"].items()}}
+             "contended": is_contended(result), **{f"eq_{k}": v for k, v in result["equivalence"].items()}}
     rows = [{**r, **extra} for r in result["rows"]]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .profiles import PROFILES
+from .book.profiles import PROFILES
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .book import notebook_source, run_notebook
+    from .book.pipeline import notebook_source, run_notebook
 
     src = notebook_source(args.notebook)
     params = dict(args.param or [])
@@ -23,24 +23,38 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _book(args: argparse.Namespace) -> int:
-    from .book import build_book
+    from .book.pipeline import build_book
 
-    return build_book(args.profile, only=args.only, build_html=not args.no_html, strict=not args.no_strict)
+    return build_book(args.profile, only=args.only, build_html=not args.no_html, strict=not args.no_strict, out_dir=args.out)
 
 
 def _bench_certify(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from .bench import BenchConfig, bench_certify, format_table, write_csv, write_json
+    from .bench import BenchConfig, bench_certify, format_table, is_contended, write_csv, write_json
 
     cfg = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
     result = bench_certify(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_table(result))
-    if args.json:
-        write_json(result, args.json)
-    if args.csv:
-        write_csv(result, args.csv)
+    refused = []
+    for path, write in ((args.json, write_json), (args.csv, write_csv)):
+        if not path:
+            continue
+        if is_contended(result) and Path(path).exists() and not args.force:
+            refused.append(path)
+            continue
+        write(result, path)
+    if refused:
+        print(f"rsbook: not overwriting {', '.join(refused)} with a contended run (pass --force to do it anyway)", file=sys.stderr)
+        return 3
     return 0
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--only", nargs="+", metavar="CHAPTER", help="run only these chapters")
     b.add_argument("--no-html", action="store_true", help="execute the chapters but do not build the HTML")
     b.add_argument("--no-strict", action="store_true", help="do not turn Sphinx warnings into errors")
+    b.add_argument("--out", help="build a staged copy here (default: the checkout for profile cpu, _build/<profile> otherwise)")
     b.set_defaults(func=_book)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="benchmark", required=True)
@@ -67,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                          "same model, noise, N and images, in one process; prints a table and checks that both "
                          "give the same certificates.")
     from .bench import BenchConfig
+    from .core.engine import PRECISIONS
+    from .core.noise import NOISES
     from .data import DATASETS
-    from .engine import PRECISIONS
     from .models import ARCHS
-    from .noise import NOISES
 
     d = BenchConfig()
     c.add_argument("--model", default=d.model, choices=sorted(ARCHS))
@@ -78,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--weights", default=d.weights, help="'random' or a state-dict .pt (e.g. a trained-model artifact)")
     c.add_argument("--noise", default=d.noise, choices=sorted(NOISES))
     c.add_argument("--sigma", type=float, default=d.sigma)
+    c.add_argument("--sigmas", type=_floats, default=d.sigmas, metavar="S1,S2,...",
+                   help="mixed noise: image i is smoothed with sigma S[i %% k] (each image carries its own noise)")
     c.add_argument("--n0", type=int, default=d.n0)
     c.add_argument("--n", type=int, default=d.n)
     c.add_argument("--alpha", type=float, default=d.alpha)
@@ -85,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--device", default=d.device)
     c.add_argument("--precision", default=d.precision, choices=PRECISIONS)
     c.add_argument("--compile", default=d.compile, choices=["auto", "on", "off"])
-    c.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size, help="engine batch (0: automatic)")
+    c.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size, help="batch of the engine and of both raw-forward measurements (0: each swept to its best)")
     c.add_argument("--seed", type=int, default=d.seed)
     c.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
     c.add_argument("--repeats", type=int, default=d.repeats, help="interleaved rounds (the table shows each quantity's best round)")
     c.add_argument("--forward-seconds", dest="forward_seconds", type=float, default=d.forward_seconds, help="seconds per raw-forward measurement")
     c.add_argument("--json", help="also write the result as JSON here")
     c.add_argument("--csv", help="also write the table as CSV here")
+    c.add_argument("--force", action="store_true", help="overwrite --json/--csv files even with a run measured on a busy machine")
     c.set_defaults(func=_bench_certify)
 
     args = parser.parse_args(argv)

@@ -5,9 +5,12 @@ downloads), else a per-user cache folder (``$XDG_CACHE_HOME/rsbook/data``) where
 downloads them if a network exists. Normalization is the first layer of every model
 (:mod:`rsbook.models`), so noise and radii are in [0, 1]-pixel units.
 
-A small test subset ships inside the package (:func:`embedded_test_subset`): every 20th
-image of the CIFAR-10 and MNIST test sets (500 each), so that the book's ``cpu`` profile and
-the tests need no dataset at all.
+Small subsets ship inside the package, checked equal to torchvision's data by a test:
+every 20th image of the CIFAR-10 and MNIST test sets (500 each, :func:`embedded_test_subset`)
+and the first 1,000 images of each training set (:func:`load_train_subset`). So the book's
+``cpu`` profile, its ``smoke`` and ``dry_run`` profiles and the tests need no dataset at all;
+only training at the ``cpu`` or ``paper`` profile (and test subsets other than every
+20k-th image) read the full datasets.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ __all__ = [
     "load_dataset",
     "test_subset",
     "embedded_test_subset",
+    "embedded_train_subset",
+    "load_train_subset",
+    "set_data_root",
     "load_imagenet",
 ]
 
@@ -37,6 +43,7 @@ DATASETS = {"cifar10": {"shape": (3, 32, 32)}, "mnist": {"shape": (1, 28, 28)}}
 NUM_CLASSES = {"cifar10": 10, "mnist": 10, "imagenet": 1000}
 EMBEDDED_DIR = Path(__file__).parent / "_data"
 EMBEDDED_EVERY = 20
+EMBEDDED_TRAIN = 1000  # the first images of each training set that ship with the package
 
 _HOW_TO = (
     "Set RSBOOK_DATA to a folder in torchvision's layout (cifar-10-batches-py/ and MNIST/raw/), "
@@ -49,6 +56,9 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset is not in the data root and cannot be downloaded."""
 
 
+_ROOT_SOURCE = {"name": "RSBOOK_DATA"}  # what set the data root, for error messages
+
+
 def data_root() -> tuple[Path, bool]:
     """The data root and whether downloading into it is allowed (only for the cache folder)."""
     env = os.environ.get("RSBOOK_DATA")
@@ -56,6 +66,27 @@ def data_root() -> tuple[Path, bool]:
         return Path(env).expanduser(), False
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rsbook" / "data"
     return cache, True
+
+
+def set_data_root(path: str | Path, source: str = "data_root") -> Path:
+    """Use ``path`` as the data root (sets ``RSBOOK_DATA``), after checking that it holds data.
+
+    ``source`` names what the user set (e.g. a notebook's ``data_root`` parameter), so that a
+    later missing-dataset error points at it rather than at ``RSBOOK_DATA``.
+
+    Raises:
+        DatasetNotFoundError: if ``path`` is not a folder holding CIFAR-10 or MNIST in
+            torchvision's layout.
+    """
+    root = Path(path).expanduser()
+    layout = "cifar-10-batches-py/ or MNIST/raw/ (torchvision's layout)"
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"{source}={str(path)!r} is not a folder; give a folder holding {layout}, or leave {source} empty to use $RSBOOK_DATA")
+    if not ((root / "cifar-10-batches-py").is_dir() or (root / "MNIST" / "raw").is_dir()):
+        raise DatasetNotFoundError(f"{source}={str(path)!r} holds neither {layout}; point {source} at the folder that does")
+    os.environ["RSBOOK_DATA"] = str(root.resolve())
+    _ROOT_SOURCE["name"] = source
+    return root
 
 
 @dataclass
@@ -109,8 +140,10 @@ class ImageDataset:
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         drop_last: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(float images in [0, 1], labels)`` batches on ``device``.
+        indices: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Yield ``(float images in [0, 1], labels)`` batches on ``device`` (and, with
+        ``indices``, the images' positions in this dataset as a third element).
 
         ``augment`` applies the CIFAR recipe (random crop with 4-pixel zero padding, horizontal
         flip) on whole batches; all randomness comes from ``generator``.
@@ -123,7 +156,8 @@ class ImageDataset:
             x = self.images[idx]
             if augment:
                 x = random_crop_flip(x, pad=4, generator=generator)
-            yield x.to(device, non_blocking=True).float().div_(255), self.labels[idx].to(device)
+            out = (x.to(device, non_blocking=True).float().div_(255), self.labels[idx].to(device))
+            yield (*out, idx) if indices else out
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -147,7 +181,9 @@ def _torchvision_dataset(name: str, train: bool, root: Path, download: bool):
         return cls(root=str(root), train=train, download=False)
     except (RuntimeError, FileNotFoundError) as exc:
         if not download:
-            raise DatasetNotFoundError(f"{name} ({'train' if train else 'test'}) was not found under {root}. {_HOW_TO}") from exc
+            src = _ROOT_SOURCE["name"]
+            how = _HOW_TO if src == "RSBOOK_DATA" else f"Point {src} at a folder in torchvision's layout (cifar-10-batches-py/ and MNIST/raw/)."
+            raise DatasetNotFoundError(f"{name} ({'train' if train else 'test'}) was not found under {root} (from {src}). {how}") from exc
     try:
         return cls(root=str(root), train=train, download=True)
     except Exception as exc:  # no network, proxy refusal, ...
@@ -182,6 +218,25 @@ def embedded_test_subset(name: str) -> ImageDataset:
         raise DatasetNotFoundError(f"no embedded test subset for {name!r} (looked for {path})")
     with np.load(path) as z:
         return ImageDataset(name.lower(), torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), torch.from_numpy(z["indices"]))
+
+
+def embedded_train_subset(name: str) -> ImageDataset:
+    """The shipped first :data:`EMBEDDED_TRAIN` images of the ``cifar10`` or ``mnist`` training set."""
+    path = EMBEDDED_DIR / f"{name.lower()}_train_first{EMBEDDED_TRAIN}.npz"
+    if not path.exists():
+        raise DatasetNotFoundError(f"no embedded training subset for {name!r} (looked for {path})")
+    with np.load(path) as z:
+        return ImageDataset(name.lower(), torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), torch.from_numpy(z["indices"]))
+
+
+def load_train_subset(name: str, first: int = 0, root: str | Path | None = None) -> ImageDataset:
+    """The first ``first`` training images (all of them for 0), from the shipped copy when it covers them."""
+    if first < 0:
+        raise ValueError(f"first must be >= 0, got {first}")
+    if 0 < first <= EMBEDDED_TRAIN and root is None:
+        return embedded_train_subset(name).subset(torch.arange(first))
+    full = load_dataset(name, train=True, root=root)
+    return full.subset(torch.arange(min(first, len(full)))) if first else full
 
 
 def test_subset(name: str, every: int = EMBEDDED_EVERY, root: str | Path | None = None) -> ImageDataset:

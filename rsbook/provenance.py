@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["git_commit", "device_name", "provenance", "default_device"]
+__all__ = ["git_commit", "device_name", "provenance", "default_device", "cpu_features", "CPU_FLAGS"]
 
 
 @lru_cache(maxsize=None)
@@ -42,6 +42,29 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+#: CPU features that decide which precisions and kernels are fast for inference.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+@lru_cache(maxsize=None)
+def cpu_features() -> dict[str, object]:
+    """This CPU's relevant instruction-set features (from ``/proc/cpuinfo``) and the SIMD level
+    PyTorch dispatches to (``torch.backends.cpu.get_cpu_capability()``)."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 -- older torch
+        capability = "unknown"
+    return {"torch_capability": capability, **{f: f in flags for f in CPU_FLAGS}}
 
 
 def device_name(device: torch.device | str | None = None) -> str:

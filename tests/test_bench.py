@@ -1,43 +1,88 @@
-"""``rsbook bench certify``: runs end to end, reports equivalent certificates, writes CSV/JSON."""
+"""``rsbook bench certify``: equivalent certificates, mixed noise, contention detection, CSV/JSON output."""
 
 import csv
 import json
+import subprocess
+import sys
 
-from rsbook.bench import BenchConfig, bench_certify, format_table
+import numpy as np
+
+import rsbook.bench as bench
+from rsbook.bench import BenchConfig, LoadMonitor, bench_certify, contention, format_table
 from rsbook.cli import main
 
-TINY = dict(model="lenet", dataset="mnist", images=2, n0=10, n=200, repeats=1, forward_seconds=0.05, compile="off")
+TINY = dict(model="lenet", dataset="mnist", images=3, n0=10, n=200, repeats=1, forward_seconds=0.05, compile="off")
 
 
-def test_bench_reports_throughput_and_identical_certificates():
-    result = bench_certify(BenchConfig(**TINY), log=lambda m: None)
-    rows = {r["variant"]: r for r in result["rows"]}
-    ref, eng = rows["reference loop (Cohen et al.)"], rows["Smooth.certify (engine)"]
-    assert ref["per_s"] > 0 and eng["per_s"] > 0
-    assert eng["speedup"] == eng["per_s"] / ref["per_s"]
+def test_bench_gives_the_reference_loops_certificates_with_mixed_noise():
+    result = bench_certify(BenchConfig(**TINY, sigmas=(0.25, 0.5, 1.0)), log=lambda m: None)
     eq = result["equivalence"]
-    # same seeds, same blocks of 400 draws: only float differences (channels_last) could change a count
-    assert eq["same_prediction"] == 2 and eq["equivalent"]
-    assert eq["max_diff_in_mc_sd"] < 1.0
+    # same seeds, same blocks of 400 draws at each image's own sigma: only float differences
+    # (channels_last) could change a count
+    assert eq["same_prediction"] == 3 and eq["equivalent"] and eq["max_diff_in_mc_sd"] < 1.0
     meta = result["meta"]
-    assert meta["config"]["n"] == 200 and meta["torch"] and meta["device"].startswith("cpu")
+    assert meta["config"]["sigmas"] == (0.25, 0.5, 1.0) and meta["device"].startswith("cpu")
+    assert set(meta["contention"]) >= {"others", "steal", "loadavg", "spread", "contended"}
     table = format_table(result)
-    assert "Smooth.certify (engine)" in table and "statistically equivalent" in table
+    assert "sigma per image in [0.25, 0.5, 1.0]" in table and "machine load during the run" in table
 
 
-def test_cli_writes_csv_and_json(tmp_path, capsys):
+def test_equivalence_check_catches_different_certificates(monkeypatch):
+    real = bench.reference_certify
+
+    def off_by_many(*args, **kw):  # a "reference" whose counts moved 30 samples to another class
+        c0, c = real(*args, **kw)
+        top, other = int(np.argmax(c)), (int(np.argmax(c)) + 1) % len(c)
+        c = c.copy()
+        c[top], c[other] = c[top] - 30, c[other] + 30
+        return c0, c
+
+    monkeypatch.setattr(bench, "reference_certify", off_by_many)
+    result = bench_certify(BenchConfig(**TINY), log=lambda m: None)
+    assert not result["equivalence"]["equivalent"] and result["equivalence"]["identical_counts"] == 0
+    assert "NOT EQUIVALENT" in format_table(result)
+
+
+def test_contention_rule():
+    calm = {"others": 0.05, "steal": 0.0, "loadavg": 0.5, "cores": 2.0}
+    assert not contention(calm, {"eng": [100.0, 110.0]})["contended"]
+    busy = contention({**calm, "others": 0.4}, {"eng": [100.0, 110.0]})
+    assert busy["contended"] and "other processes used 40%" in busy["reasons"][0]
+    assert contention({**calm, "steal": 0.2}, {})["contended"]
+    assert contention({**calm, "loadavg": 3.0}, {})["contended"]
+    assert "rounds disagree up to 1.70x" in contention(calm, {"eng": [100.0, 170.0]})["reasons"][0]
+
+
+def test_load_monitor_sees_another_busy_process():
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"
+    proc = subprocess.Popen([sys.executable, "-c", spin])
+    with LoadMonitor() as mon:
+        proc.wait()
+    # one spinning process on this machine's cores: at least a quarter of 2 cores (half, ideally)
+    assert mon.result["others"] >= 0.8 / mon.result["cores"] - 0.15, mon.result
+
+
+def test_cli_writes_csv_and_json_and_refuses_to_overwrite_with_a_contended_run(tmp_path, capsys, monkeypatch):
     args = ["bench", "certify", "--model", "lenet", "--dataset", "mnist", "--images", "1", "--n0", "10", "--n", "100",
-            "--repeats", "1", "--forward-seconds", "0.05", "--compile", "off", "--batch-size", "64",
+            "--repeats", "1", "--forward-seconds", "0.05", "--compile", "off", "--batch-size", "64", "--sigmas", "0.25,0.5",
             "--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv")]
+    monkeypatch.setattr(bench, "contention", lambda load, runs: {**load, "spread": 1.0, "contended": False, "reasons": []})
     assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "reference loop" in out
+    assert "reference loop" in capsys.readouterr().out
     data = json.loads((tmp_path / "b.json").read_text())
-    assert len(data["rows"]) == 4 and data["rows"][3]["batch"] == 64
+    assert len(data["rows"]) == 4 and data["rows"][3]["batch"] == 64 and data["meta"]["config"]["sigmas"] == [0.25, 0.5]
     with open(tmp_path / "b.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["variant"] for r in rows] == [r["variant"] for r in data["rows"]]
-    assert rows[0]["config_model"] == "lenet"
+    assert [r["variant"] for r in rows] == [r["variant"] for r in data["rows"]] and rows[0]["config_model"] == "lenet"
+    # a busy machine: the table says so, and stored results are not replaced without --force
+    monkeypatch.setattr(bench, "contention", lambda load, runs: {**load, "spread": 2.0, "contended": True, "reasons": ["test"]})
+    before = (tmp_path / "b.json").read_text()
+    assert main(args) == 3
+    captured = capsys.readouterr()
+    assert "CONTENDED RUN" in captured.out and "not overwriting" in captured.err
+    assert (tmp_path / "b.json").read_text() == before
+    assert main(args + ["--force"]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["meta"]["contention"]["contended"]
 
 
 def test_cli_refuses_a_missing_weights_file(tmp_path, capsys):

@@ -1,15 +1,25 @@
-"""The book pipeline: parameters are checked, chapters run through papermill, the book builds."""
+"""The book pipeline: parameters are checked, chapters run through papermill, the book builds elsewhere."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from rsbook import cli
-from rsbook.book import UnknownParameterError, build_book, chapters, coerce_parameters, read_parameters, run_notebook
+from rsbook.book.claims import Claims, numeric_verdict, qualitative_verdict
+from rsbook.book.pipeline import UnknownParameterError, build_book, chapters, coerce_parameters, read_parameters, run_notebook
 
 REPO = Path(__file__).resolve().parents[1]
+
+_NB_HEAD = ("---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
+            "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n---\n\n")
+
+
+def _fake_book(tmp_path, monkeypatch, body: str) -> None:
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
+    (tmp_path / "notebooks" / "nb.md").write_text(_NB_HEAD + body)
+    monkeypatch.setenv("RSBOOK_ROOT", str(tmp_path))
 
 
 def test_every_chapter_has_plain_literal_parameters_with_profile():
@@ -31,7 +41,7 @@ def test_unknown_or_mistyped_parameters_are_refused():
         coerce_parameters({"recompute": "1"}, defaults)
 
 
-def test_cli_refuses_unknown_parameter_and_bad_profile(capsys, tmp_path):
+def test_cli_refuses_unknown_parameter_bad_profile_and_bad_device(capsys, tmp_path):
     name = chapters(REPO)[0].stem
     assert cli.main(["run", name, "-p", "sigmaa", "0.5", "-o", str(tmp_path / "x.ipynb")]) == 2
     assert "no parameter 'sigmaa'" in capsys.readouterr().err
@@ -41,41 +51,91 @@ def test_cli_refuses_unknown_parameter_and_bad_profile(capsys, tmp_path):
     assert not (tmp_path / "x.ipynb").exists()
 
 
+def test_bad_device_names_are_explained():
+    from rsbook.book.profiles import resolve_device
+
+    with pytest.raises(ValueError, match="'gpu' is not a device name; use 'auto', 'cpu', 'cuda'"):
+        resolve_device("gpu")
+    assert str(resolve_device("auto", "dry_run")) == "cpu"
+
+
+def test_one_parameters_cell_shows_the_values_used_and_claims_are_written(tmp_path, monkeypatch):
+    _fake_book(tmp_path, monkeypatch,
+               "```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = \"cpu\"  # which profile\nseed = 0\n```\n\n"
+               "```{code-cell} ipython3\nfrom rsbook.book.claims import Claims\nc = Claims('nb', profile)\n"
+               "c.numeric('x', 0.5, 0.52)\nc.show()\n```\n")
+    result = run_notebook("nb", tmp_path / "out" / "nb.ipynb", {"profile": "smoke"})
+    assert result.status == "ok", result.error
+    nb = json.loads((tmp_path / "out" / "nb.ipynb").read_text())
+    params = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert "profile = 'smoke'  # set for this run (default: \"cpu\")" in "".join(params[0]["source"])
+    assert "seed = 0" in "".join(params[0]["source"])
+    assert all("remove-cell" in c["metadata"]["tags"] for c in injected)
+    claims = json.loads((tmp_path / "out" / "nb.claims.json").read_text())
+    assert claims["profile"] == "smoke" and claims["claims"][0]["verdict"] == "reproduced"
+
+
+def test_verdict_rule():
+    assert [numeric_verdict(0.43, o) for o in (0.48, 0.381, 0.35, 0.30)] == ["reproduced", "reproduced", "partly", "not reproduced"]
+    assert qualitative_verdict([True, True]) == "reproduced" and qualitative_verdict([True, False]) == "partly"
+    assert qualitative_verdict(False) == "not reproduced"
+    c = Claims("ch", "cpu")
+    row = c.numeric("acc at r = 1.5", 0.09, 0.0, comparable=False, why="above our cap")
+    assert row.verdict == "not comparable" and row.reason == "above our cap"
+    assert c.numeric("acc", 0.43, 0.33).reason == "ours lower by 0.10"
+    assert json.loads(c.to_json())["claims"][1]["verdict"] == "partly"
+
+
 @pytest.mark.slow
 def test_a_failing_notebook_is_reported_with_its_traceback(tmp_path, monkeypatch):
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
-    (tmp_path / "notebooks" / "bad.md").write_text(
-        "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
-        "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n---\n\n"
-        "```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = \"cpu\"\n```\n\n"
-        "```{code-cell} ipython3\nraise RuntimeError('deliberate failure')\n```\n"
-    )
-    monkeypatch.setenv("RSBOOK_ROOT", str(tmp_path))
-    result = run_notebook("bad", tmp_path / "out.ipynb", {"profile": "smoke"})
+    _fake_book(tmp_path, monkeypatch, "```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = \"cpu\"\n```\n\n"
+                                      "```{code-cell} ipython3\nraise RuntimeError('deliberate failure')\n```\n")
+    result = run_notebook("nb", tmp_path / "out.ipynb", {"profile": "smoke"})
     assert result.status == "failed" and "deliberate failure" in result.error
     assert "deliberate failure" in (tmp_path / "out.ipynb").read_text()  # the traceback is kept
 
 
+def _published_state():
+    """What a smoke build must not touch: the published book's pages and HTML."""
+    paths = [REPO / "_build" / "html" / "index.html", *sorted((REPO / "book" / "generated").glob("*"))]
+    return {str(p): p.stat().st_mtime_ns for p in paths if p.exists()}
+
+
 @pytest.mark.slow
-def test_book_builds_with_every_chapter_at_smoke_profile(monkeypatch, data_root):
-    """Every chapter runs at profile=smoke through the same papermill path as the book, and the HTML builds."""
+def test_book_builds_with_every_chapter_at_smoke_profile_outside_the_checkout(tmp_path, monkeypatch):
+    """Every chapter runs at profile=smoke through the same papermill path as the book, and the HTML builds,
+    in a staged copy: the published book in the checkout is left as it was."""
     monkeypatch.chdir(REPO)
-    monkeypatch.setenv("RSBOOK_DATA", str(data_root))  # smoke trains on a slice of the real training sets
     monkeypatch.setenv("MPLBACKEND", "Agg")  # as a headless CI might set it
-    assert build_book("smoke") == 0
-    status = json.loads((REPO / "book" / "generated" / "status.json").read_text())
+    monkeypatch.setenv("RSBOOK_DATA", str(tmp_path / "no-data"))  # smoke needs no dataset
+    before = _published_state()
+    assert build_book("smoke", out_dir=tmp_path / "book") == 0
+    assert _published_state() == before
+    src = tmp_path / "book" / "src"
+    status = json.loads((src / "book" / "generated" / "status.json").read_text())
     assert {s["chapter"] for s in status} == {c.stem for c in chapters(REPO)}
     assert all(s["status"] == "ok" and s["profile"] == "smoke" for s in status)
     for c in chapters(REPO):  # figures rendered inline, whatever MPLBACKEND the caller had
-        nb = json.loads((REPO / "book" / "generated" / f"{c.stem}.ipynb").read_text())
+        nb = json.loads((src / "book" / "generated" / f"{c.stem}.ipynb").read_text())
         images = [o for cell in nb["cells"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
         assert images, f"{c.stem} rendered no figure"
-    html = REPO / "_build" / "html"
+    html = src / "_build" / "html"
     for c in chapters(REPO):
         page = (html / "book" / "generated" / f"{c.stem}.html").read_text()
         assert "Traceback" not in page
     assert "Build status" in (html / "book" / "generated" / "status.html").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", [c.stem for c in chapters(REPO)])
+def test_every_chapter_runs_its_paper_code_paths_as_a_dry_run(chapter, tmp_path, monkeypatch):
+    """The ``paper`` profile's architectures and code paths, tiny, on CPU: a wrong shape or a missing key fails here."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("RSBOOK_DATA", str(tmp_path / "no-data"))  # the dry run needs no dataset either
+    result = run_notebook(chapter, tmp_path / f"{chapter}.ipynb", {"profile": "dry_run"})
+    assert result.status == "ok", result.error
+    assert result.profile == "dry_run"
 
 
 def test_every_chapter_is_in_the_table_of_contents():

@@ -8,8 +8,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from rsbook.certify import ABSTAIN, Smooth
-from rsbook.noise import Gaussian, Laplace, Uniform
+from rsbook.core.certify import ABSTAIN, Smooth, max_certified_radius
+from rsbook.core.noise import Gaussian, Laplace, Uniform
 
 from conftest import CountingClassifier, ThresholdClassifier
 
@@ -35,9 +35,9 @@ CASES = [
 def test_certify_is_sound_and_tight(noise, r_true, p_true):
     # The noise's radius formula is exact for a half-space classifier: R(p_true) = r_true.
     assert noise.certified_radius(p_true) == pytest.approx(r_true, rel=1e-9)
-    smooth = Smooth(ThresholdClassifier(), 2, noise)
+    smooth = Smooth(ThresholdClassifier(), 2)  # no default noise: every call names its own
     g = torch.Generator().manual_seed(0)
-    results = [smooth.certify(_image(r_true), N0, N, ALPHA, batch_size=700, generator=g) for _ in range(M)]
+    results = [smooth.certify(_image(r_true), N0, N, ALPHA, batch_size=700, generator=g, noise=noise) for _ in range(M)]
     classes = np.array([c for c, _ in results])
     radii = np.array([r for _, r in results])
     # A violation is a wrong class or a radius beyond the true one; allowed at rate alpha.
@@ -88,11 +88,48 @@ def test_predict_abstains_on_a_tie_and_answers_when_clear():
     assert all(smooth.predict(_image(-0.5), 1000, 0.001, 1000, generator=g) == 0 for _ in range(20))
 
 
-def test_selection_and_estimation_samples_are_separate():
+class PhaseSwitch(nn.Module):
+    """Answers by the position of a sample in the stream: ``first`` for the first ``n0``
+    samples it sees, then ``then`` (or, for ``None``, alternately 1 and 0: exactly half say 1)."""
+
+    def __init__(self, n0: int, first: int, then: int | None = None):
+        super().__init__()
+        self.n0, self.first, self.then, self.seen = n0, first, then, 0
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        pos = torch.arange(self.seen, self.seen + x.shape[0])
+        self.seen += x.shape[0]
+        later = (pos - self.n0 + 1) % 2 if self.then is None else torch.full_like(pos, self.then)
+        cls = torch.where(pos < self.n0, torch.full_like(pos, self.first), later)
+        return nn.functional.one_hot(cls, 2).float()
+
+
+def test_selection_samples_do_not_enter_the_bound():
+    # Selection sees class 1 only; estimation sees class 1 exactly half the time. Pooling the two
+    # (n_A = 1000 + 500 of 2000) would certify class 1; the estimation samples alone cannot.
+    smooth = Smooth(PhaseSwitch(1000, first=1), 2, 0.25)
+    assert smooth.certify(_image(0.0), n0=1000, n=1000, alpha=0.001, batch_size=128) == (ABSTAIN, 0.0)
+    # Selection says class 0, estimation always says 1: the class selected is the one bounded,
+    # so no certificate (choosing the class from the estimation counts would certify class 1).
+    smooth = Smooth(PhaseSwitch(1000, first=0, then=1), 2, 0.25)
+    assert smooth.certify(_image(0.0), n0=1000, n=1000, alpha=0.001, batch_size=128) == (ABSTAIN, 0.0)
+    # ... and the check can fail: when the estimation phase agrees, the same machinery certifies.
+    smooth = Smooth(PhaseSwitch(10**9, first=1), 2, 0.25)
+    assert smooth.certify(_image(0.0), n0=1000, n=1000, alpha=0.001, batch_size=128)[0] == 1
+
+
+def test_certify_given_uses_only_estimation_samples_and_the_given_class():
     counting = CountingClassifier(ThresholdClassifier())
-    smooth = Smooth(counting, 2, 0.25)
-    smooth.certify(_image(0.1), n0=37, n=1001, alpha=0.001, batch_size=100)
-    assert counting.samples == 37 + 1001  # n0 selection draws, then n fresh draws
+    smooth = Smooth(counting, 2, Gaussian(0.5))
+    g = torch.Generator().manual_seed(3)
+    c, r = smooth.certify_given(_image(0.5), 1, n=N, alpha=ALPHA, batch_size=500, generator=g)
+    assert counting.samples == N  # no selection draws at all
+    assert c == 1 and 0.9 * 0.5 <= r <= 0.5  # p_A = Phi(1): true radius 0.5
+    # the wrong class (p = 1 - Phi(1) < 1/2) is never certified
+    assert smooth.certify_given(_image(0.5), 0, n=N, alpha=ALPHA, batch_size=500, generator=g) == (ABSTAIN, 0.0)
+    with pytest.raises(ValueError, match="field 'c_a'"):
+        smooth.certify_given(_image(0.5), 2, n=N, alpha=ALPHA, batch_size=500)
 
 
 def test_same_generator_seed_gives_same_certificate():
@@ -108,6 +145,8 @@ def test_radius_is_capped_by_n_and_alpha():
     c, r = smooth.certify(_image(100.0), 10, 10_000, 0.001, 5000)
     assert c == 1 and r == pytest.approx(0.25 * stats.norm.ppf(0.001 ** (1 / 10_000)))
     assert r / 0.25 == pytest.approx(3.20, abs=0.01)
+    assert smooth.max_radius(10_000, 0.001) == pytest.approx(r)
+    assert max_certified_radius(Gaussian(1.0), 100_000, 0.001) == pytest.approx(3.81, abs=0.005)
 
 
 def test_arguments_are_validated():
@@ -118,3 +157,5 @@ def test_arguments_are_validated():
         smooth.certify(_image(0.1), 10, 100, 0.01, 0)
     with pytest.raises(TypeError):
         Smooth(ThresholdClassifier(), 2, "gaussian")
+    with pytest.raises(ValueError, match="no noise given"):
+        Smooth(ThresholdClassifier(), 2).certify(_image(0.1), 10, 100, 0.01, 10)

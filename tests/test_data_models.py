@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from rsbook import data as rsdata
-from rsbook.data import DatasetNotFoundError, ImageDataset, embedded_test_subset, load_dataset, random_crop_flip
+from rsbook.data import (DatasetNotFoundError, ImageDataset, embedded_test_subset, embedded_train_subset, load_dataset,
+                         load_train_subset, random_crop_flip, set_data_root)
 from rsbook.models import ARCHS, MEANS_STDS, build_model
 
 
@@ -15,6 +16,35 @@ def test_embedded_subset_equals_torchvision_every_20th(name, data_root):
     assert torch.equal(emb.indices, torch.arange(0, 10_000, 20))
     assert torch.equal(emb.images, full.images[::20])
     assert torch.equal(emb.labels, full.labels[::20])
+
+
+@pytest.mark.parametrize("name", ["cifar10", "mnist"])
+def test_embedded_training_subset_equals_torchvision_first_images(name, data_root):
+    emb = embedded_train_subset(name)
+    full = load_dataset(name, train=True, root=data_root)
+    assert len(emb) == 1000 and torch.equal(emb.indices, torch.arange(1000))
+    assert torch.equal(emb.images, full.images[:1000]) and torch.equal(emb.labels, full.labels[:1000])
+
+
+def test_training_subsets_need_no_data_when_shipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSBOOK_DATA", str(tmp_path))  # nothing there
+    sub = load_train_subset("cifar10", 256)
+    assert len(sub) == 256 and torch.equal(sub.indices, torch.arange(256))
+    with pytest.raises(DatasetNotFoundError, match="RSBOOK_DATA"):
+        load_train_subset("cifar10", 5000)  # beyond the shipped images: the full set is needed
+
+
+def test_a_bad_data_root_parameter_is_named_in_the_error(tmp_path, monkeypatch):
+    with pytest.raises(DatasetNotFoundError, match=r"data_root='.*nope' is not a folder"):
+        set_data_root(tmp_path / "nope")
+    with pytest.raises(DatasetNotFoundError, match=r"data_root='.*' holds neither cifar-10-batches-py/"):
+        set_data_root(tmp_path)
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)  # has MNIST, lacks CIFAR-10
+    monkeypatch.setenv("RSBOOK_DATA", "")
+    set_data_root(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"from data_root\). Point data_root at"):
+        load_dataset("cifar10", train=True)
+    rsdata._ROOT_SOURCE["name"] = "RSBOOK_DATA"
 
 
 def test_datasets_are_uint8_in_memory_and_floats_in_unit_range(data_root):

@@ -4,10 +4,11 @@ import pandas as pd
 import pytest
 import torch
 
-from rsbook.certify import Smooth
+from rsbook.core.certify import Smooth
 from rsbook.data import ImageDataset
-from rsbook.metrics import acr, certified_accuracy, envelope
-from rsbook.runner import LOG_COLUMNS, certify_dataset, read_log
+from rsbook.core.metrics import acr, certified_accuracy, envelope
+from rsbook.core.noise import Gaussian, Laplace
+from rsbook.core.runner import LOG_COLUMNS, certify_dataset, image_generator, read_log
 
 from conftest import CountingClassifier, ThresholdClassifier
 
@@ -51,6 +52,58 @@ def test_log_format_and_full_precision(tmp_path):
     for r in log["radius"]:
         assert repr(float(r)) in (tmp_path / "log.tsv").read_text()
     assert set(log["correct"]) <= {0, 1}
+    assert set(log["noise"]) == {"gaussian"} and set(log["sigma"]) == {0.3}
+
+
+def test_per_image_noise_is_logged_and_used(tmp_path):
+    # Each image's row equals certifying it alone with its own noise, and names that noise.
+    ds = _dataset(6)
+    noises = {int(i): (Laplace(0.2) if int(i) % 2 else Gaussian(0.1 + 0.05 * (int(i) - 100))) for i in ds.indices}
+    log = certify_dataset(Smooth(ThresholdClassifier(0.5), 2), ds, 20, 300, 0.01, 64, tmp_path / "mix.tsv", seed=1,
+                          progress=False, noise=noises.__getitem__)
+    for row in log.itertuples():
+        nz = noises[row.idx]
+        assert (row.noise, row.sigma) == (nz.name, nz.sigma)
+        alone = Smooth(ThresholdClassifier(0.5), 2, nz).certify(ds[list(ds.indices).index(row.idx)][0], 20, 300, 0.01, 64,
+                                                               generator=image_generator(1, row.idx, "cpu"))
+        assert (row.predict, row.radius) == alone
+    with pytest.raises(ValueError, match=r"image 100, noise: sigma must be a positive"):
+        certify_dataset(Smooth(ThresholdClassifier(0.5), 2), ds, 20, 300, 0.01, 64, tmp_path / "bad.tsv", progress=False,
+                        noise=lambda idx: ("gaussian", -1.0))
+
+
+def test_given_classes_skip_selection(tmp_path):
+    ds = _dataset(5)
+    counting = CountingClassifier(ThresholdClassifier(0.5))
+    wrong = {int(i): 1 - int(y) for i, y in zip(ds.indices, ds.labels)}
+    log = certify_dataset(Smooth(counting, 2, 0.3), ds, 50, 200, 0.01, 100, tmp_path / "given.tsv", progress=False,
+                          classes=wrong)
+    assert counting.samples == 5 * 200  # the n0 selection draws are never made
+    assert set(log.loc[log["predict"] != -1, "predict"]) <= {0, 1}
+    assert not log["correct"].any()  # a wrong class given is never "correct"
+
+
+def test_committed_logs_from_before_the_noise_columns_still_read():
+    import json
+    from pathlib import Path
+
+    metas = sorted((Path(__file__).resolve().parents[1] / "book" / "artifacts").glob("*/certifyconfig-*.json"))
+    meta = json.loads(metas[0].read_text())
+    log = read_log(metas[0].with_suffix(".tsv"), meta["config"]["noise"], meta["config"]["sigma"])
+    assert tuple(log.columns) == LOG_COLUMNS and len(log) == meta["images"]
+    assert set(log["sigma"]) == {meta["config"]["sigma"]}
+
+
+def test_a_partial_log_in_the_old_format_is_upgraded_and_resumed(tmp_path):
+    ds = _dataset(4)
+    full = certify_dataset(_smooth(), ds, 20, 200, 0.01, 50, tmp_path / "full.tsv", seed=3, progress=False)
+    old = full.iloc[:2][["idx", "label", "predict", "radius", "correct", "time"]]
+    old.to_csv(tmp_path / "old.tsv", sep="\t", index=False)
+    model = _smooth()
+    resumed = certify_dataset(model, ds, 20, 200, 0.01, 50, tmp_path / "old.tsv", seed=3, progress=False)
+    assert model.base_classifier.samples == 2 * 220
+    cols = ["idx", "label", "predict", "radius", "correct", "noise", "sigma"]
+    pd.testing.assert_frame_equal(resumed[cols], full[cols])
 
 
 def test_metrics_on_a_known_log():

@@ -29,7 +29,7 @@ __all__ = ["Noise", "Gaussian", "Laplace", "Uniform", "make_noise", "NOISES"]
 
 def _check_sigma(sigma: float) -> float:
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+        raise ValueError(f"sigma must be a positive finite number (the per-coordinate standard deviation, e.g. 0.25), got {sigma!r}")
     return float(sigma)
 
 
@@ -144,7 +144,7 @@ NOISES: dict[str, type[Noise]] = {cls.name: cls for cls in (Gaussian, Laplace, U
 
 def make_noise(name: str, sigma: float) -> Noise:
     """Build a noise by name (``gaussian``, ``laplace`` or ``uniform``)."""
-    try:
-        return NOISES[name.lower()](sigma)
-    except KeyError:
-        raise ValueError(f"unknown noise {name!r}; choose one of {sorted(NOISES)}") from None
+    cls = NOISES.get(name.lower()) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown noise {name!r}; choose one of {sorted(NOISES)}")
+    return cls(sigma)

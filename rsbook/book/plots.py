@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .metrics import certified_accuracy
+from ..core.metrics import certified_accuracy
 
-__all__ = ["set_style", "plot_certified_accuracy", "paper_vs_ours"]
+__all__ = ["set_style", "plot_certified_accuracy", "paper_vs_ours", "paper_vs_ours_by_radius"]
 
 
 def set_style() -> None:
@@ -56,3 +56,13 @@ def paper_vs_ours(ours: Mapping[str, Mapping[float, float]], paper: Mapping[str,
             o = ours[name].get(r, np.nan)
             rows.append({"setting": name, "radius": r, "paper": p, "ours": o, "ours - paper": o - p})
     return pd.DataFrame(rows)
+
+
+def paper_vs_ours_by_radius(long: pd.DataFrame) -> pd.DataFrame:
+    """:func:`paper_vs_ours` reshaped to read at a glance: one row per setting and source
+    (paper, ours, ours - paper), one column per radius."""
+    wide = long.melt(id_vars=["setting", "radius"], value_vars=["paper", "ours", "ours - paper"], var_name="source")
+    wide["radius"] = wide["radius"].map(lambda r: f"r = {r:g}")
+    out = wide.pivot_table(index=["setting", "source"], columns="radius", values="value", sort=False)
+    out.columns.name = None
+    return out

@@ -2,9 +2,15 @@
 
 ``run_notebook`` validates parameters against the chapter's ``parameters`` cell (papermill
 itself only warns about unknown names), executes it with papermill and records run time,
-device and outcome. ``build_book`` runs every chapter into ``book/generated/``, writes the
-status page, builds the HTML with Jupyter Book (notebook execution off), and fails if any
-chapter failed -- after building, so the failed notebook and its traceback are on the page.
+device and outcome; the rendered notebook shows one parameters cell holding the values the
+run used. ``build_book`` runs every chapter, writes the status page, builds the HTML with
+Jupyter Book (notebook execution off), and fails if any chapter failed -- after building, so
+the failed notebook and its traceback are on the page.
+
+The published book (profile ``cpu``) is built in the checkout (``book/generated/``,
+``_build/html``). Any other profile, or an explicit ``out_dir``, builds a staged copy of the
+book's sources in ``_build/<profile>/`` (or ``out_dir``), so a smoke or dry-run build never
+replaces the published one.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +30,21 @@ from typing import Any, Mapping
 
 from .profiles import check_profile, repo_root
 
-__all__ = ["UnknownParameterError", "read_parameters", "coerce_parameters", "run_notebook", "build_book", "chapters"]
+__all__ = [
+    "UnknownParameterError",
+    "read_parameters",
+    "coerce_parameters",
+    "run_notebook",
+    "build_book",
+    "chapters",
+    "stage_sources",
+    "KERNEL_ARGUMENTS",
+]
+
+#: Arguments for every chapter's kernel: its log carries only harmless noise on a healthy run
+#: ("running over TCP without encryption" on loopback, "KeyboardInterrupt caught in kernel" at
+#: shutdown). A real failure still shows: as the cell's traceback, or as papermill's dead-kernel error.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 class UnknownParameterError(ValueError):
@@ -57,14 +78,18 @@ def _read(path: Path):
     return nb
 
 
-def read_parameters(path: str | Path) -> dict[str, Any]:
-    """The names and default values of the cell tagged ``parameters`` (plain literals only)."""
-    nb = _read(Path(path))
+def _parameter_cell(nb, path) -> Any:
     cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"{path} must have exactly one code cell tagged 'parameters', found {len(cells)}")
+    return cells[0]
+
+
+def read_parameters(path: str | Path) -> dict[str, Any]:
+    """The names and default values of the cell tagged ``parameters`` (plain literals only)."""
+    cell = _parameter_cell(_read(Path(path)), path)
     params: dict[str, Any] = {}
-    for node in ast.parse(cells[0].source).body:
+    for node in ast.parse(cell.source).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             params[node.targets[0].id] = ast.literal_eval(node.value)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
@@ -107,6 +132,32 @@ def coerce_parameters(given: Mapping[str, Any], defaults: Mapping[str, Any], not
     return out
 
 
+def _merge_parameter_cells(output: Path, params: Mapping[str, Any]) -> None:
+    """Show one parameters cell: the original one, holding the values this run used.
+
+    papermill injects a second cell with the overridden values; the rendered page would show
+    both. The original cell's assignments get the run's values (marked ``# set for this run``)
+    and the injected cell is tagged ``remove-cell``.
+    """
+    import nbformat
+
+    nb = nbformat.read(output, as_version=4)
+    original = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    injected = [c for c in nb.cells if c.cell_type == "code" and "injected-parameters" in c.metadata.get("tags", [])]
+    if len(original) != 1 or not injected:
+        return
+    lines = original[0].source.splitlines()
+    for node in ast.parse(original[0].source).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else node.target  # type: ignore[union-attr]
+        if target.id in params:
+            i = node.lineno - 1
+            lines[i] = f"{target.id} = {params[target.id]!r}  # set for this run (default: {ast.get_source_segment(original[0].source, node.value)})"
+    original[0].source = "\n".join(lines)
+    for cell in injected:
+        cell.metadata["tags"] = [*cell.metadata.get("tags", []), "remove-cell"]
+    nbformat.write(nb, output)
+
+
 @dataclass
 class RunResult:
     chapter: str
@@ -129,7 +180,8 @@ def run_notebook(
     """Execute a chapter with papermill into ``output`` (``.ipynb``), after checking its parameters.
 
     The executed notebook is written even when a cell fails (with the traceback in it); the
-    result then has ``status="failed"``.
+    result then has ``status="failed"``. The chapter's claims, if it records any, are written
+    beside it as ``<output stem>.claims.json``.
     """
     import papermill as pm
 
@@ -147,15 +199,18 @@ def run_notebook(
 
         nbformat.write(_read(source), src_nb)
         info_path = Path(tmp) / "run_info.json"
-        # The kernel inherits this process's environment: record where to write run info, and
-        # make sure figures render inline (a caller's MPLBACKEND=Agg would silently drop them).
-        saved = {k: os.environ.get(k) for k in ("RSBOOK_RUN_INFO", "MPLBACKEND")}
-        os.environ["RSBOOK_RUN_INFO"] = str(info_path)
-        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+        # The kernel inherits this process's environment: record where to write run info and
+        # claims, and make sure figures render inline (a caller's MPLBACKEND=Agg would
+        # silently drop them).
+        env = {"RSBOOK_RUN_INFO": str(info_path), "RSBOOK_CLAIMS": str(output.with_suffix(".claims.json")),
+               "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         t0 = time.perf_counter()
         error = ""
         try:
-            pm.execute_notebook(str(src_nb), str(output), parameters=params, kernel_name="python3", cwd=str(cwd), log_output=log_output, progress_bar=False)
+            pm.execute_notebook(str(src_nb), str(output), parameters=params, kernel_name="python3", cwd=str(cwd), log_output=log_output,
+                                progress_bar=False, extra_arguments=KERNEL_ARGUMENTS)
             status = "ok"
         except pm.PapermillExecutionError as exc:
             status, error = "failed", f"{exc.ename}: {exc.evalue}"
@@ -167,6 +222,8 @@ def run_notebook(
                     os.environ[k] = v
         seconds = time.perf_counter() - t0
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    if output.exists():
+        _merge_parameter_cells(output, params)
     return RunResult(
         chapter=source.stem,
         profile=str(params.get("profile", defaults.get("profile", "?"))),
@@ -195,14 +252,47 @@ def _status_page(results: list[RunResult], profile: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_book(profile: str = "cpu", only: list[str] | None = None, build_html: bool = True, strict: bool = True) -> int:
-    """Execute every chapter at ``profile`` into ``book/generated/`` and build the HTML.
+#: What a staged build copies: the sources Jupyter Book reads (never artifacts or earlier builds).
+_STAGED = ("_config.yml", "_toc.yml", "book", "notebooks")
 
-    Returns 0 if every chapter ran and the book built, 1 otherwise.
+
+def stage_sources(root: Path, dst: Path) -> Path:
+    """Copy the book's sources from ``root`` into ``dst`` (replacing an earlier copy) and return it.
+
+    Committed artifacts stay where they are (the chapters find them through the checkout);
+    earlier generated pages are not copied.
+    """
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("artifacts", "generated", ".*")
+    for name in _STAGED:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dst / name)
+    return dst
+
+
+def build_book(
+    profile: str = "cpu",
+    only: list[str] | None = None,
+    build_html: bool = True,
+    strict: bool = True,
+    out_dir: str | Path | None = None,
+) -> int:
+    """Execute every chapter at ``profile`` and build the HTML; returns 0 if all ran and the book built.
+
+    ``cpu`` without ``out_dir`` builds the published book in the checkout
+    (``book/generated/``, ``_build/html``); otherwise a staged copy is built in ``out_dir``
+    (default ``_build/<profile>``), whose HTML ends up in ``<out_dir>/src/_build/html``.
     """
     check_profile(profile)
     root = repo_root()
-    gen = root / "book" / "generated"
+    staged = out_dir is not None or profile != "cpu"
+    src_root = stage_sources(root, Path(out_dir or root / "_build" / profile) / "src") if staged else root
+    gen = src_root / "book" / "generated"
     gen.mkdir(parents=True, exist_ok=True)
     results = []
     for src in chapters(root):
@@ -216,16 +306,16 @@ def build_book(profile: str = "cpu", only: list[str] | None = None, build_html: 
     (gen / "status.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     ok = all(r.status == "ok" for r in results)
     if build_html:
-        cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(root), "--builder", "html"]
+        cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src_root), "--builder", "html"]
         if strict:
             cmd += ["-W", "-n", "--keep-going"]
         print("[rsbook] jupyter-book " + " ".join(cmd[3:]), flush=True)
-        index = root / "_build" / "html" / "index.html"
+        index = src_root / "_build" / "html" / "index.html"
         index.unlink(missing_ok=True)
-        built = subprocess.run(cmd, cwd=root).returncode == 0 and index.exists()
+        built = subprocess.run(cmd, cwd=src_root).returncode == 0 and index.exists()
         print(f"[rsbook] HTML {'built' if built else 'build FAILED'}: {index}", flush=True)
         ok = ok and built
     if not ok:
         failed = [r.chapter for r in results if r.status != "ok"]
-        print(f"[rsbook] FAILED chapters: {failed or 'none'}; see book/generated/status.md", file=sys.stderr, flush=True)
+        print(f"[rsbook] FAILED chapters: {failed or 'none'}; see {gen / 'status.md'}", file=sys.stderr, flush=True)
     return 0 if ok else 1

@@ -1,0 +1,40 @@
+"""Tables in one style for the whole book: full text, wrapped, no sideways scrolling."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import pandas as pd
+
+__all__ = ["show_table", "styled"]
+
+_STYLES = [
+    {"selector": "th, td", "props": "white-space: normal; overflow-wrap: anywhere; max-width: 24em; padding: 0.2em 0.5em;"},
+    {"selector": "th", "props": "text-align: left; vertical-align: bottom;"},
+    {"selector": "td", "props": "vertical-align: top;"},
+    {"selector": "", "props": "font-size: 0.85em; border-collapse: collapse;"},
+]
+
+
+def styled(df: pd.DataFrame, formats: Mapping[str, str] | str | None = "{:.3f}", index: bool = True, caption: str | None = None):
+    """A pandas ``Styler`` of ``df`` in the book's style (floats formatted, text wrapped)."""
+    st = df.style.set_table_styles(_STYLES)
+    if isinstance(formats, str):
+        floats = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
+        st = st.format({c: formats for c in floats}, na_rep="-")
+    elif formats:
+        st = st.format(dict(formats), na_rep="-")
+    if not index:
+        st = st.hide(axis="index")
+    elif pd.api.types.is_float_dtype(df.index):
+        st = st.format_index(lambda v: f"{v:g}")
+    if caption:
+        st = st.set_caption(caption)
+    return st
+
+
+def show_table(df: pd.DataFrame, formats: Mapping[str, str] | str | None = "{:.3f}", index: bool = True, caption: str | None = None) -> None:
+    """Display ``df`` with :func:`styled`."""
+    from IPython.display import display
+
+    display(styled(df, formats, index, caption))

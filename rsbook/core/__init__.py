@@ -1,0 +1,1 @@
+"""The smoothing core: noise, bounds, the engine, ``Smooth``, the dataset runner, metrics."""

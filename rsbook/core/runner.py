@@ -1,0 +1,273 @@
+"""Dataset-level certification with a resumable per-image log.
+
+The log is a tab-separated file with one row per test image, written and flushed as soon as
+the image is certified::
+
+    idx  label  predict  radius  correct  time  noise  sigma
+
+(``predict = -1`` when abstaining; ``time`` in seconds since the previous row; ``noise`` and
+``sigma`` the distribution that image was smoothed with; floats at full precision). Logs
+written before the ``noise`` and ``sigma`` columns existed still read (:func:`read_log`).
+A killed run keeps every finished row; the next call skips them and continues. Each image
+draws its noise from its own generator, seeded by ``(seed, idx)``, so a resumed run gives the
+same rows as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ..artifacts import ArtifactStore, atomic_write_text
+from ..data import ImageDataset
+from .certify import Smooth
+from .engine import Item, as_noise
+from .noise import Noise
+
+__all__ = [
+    "CertifyConfig",
+    "LOG_COLUMNS",
+    "LEGACY_LOG_COLUMNS",
+    "SELECTIONS",
+    "certify_dataset",
+    "certification_log",
+    "clean_classes",
+    "read_log",
+    "image_generator",
+]
+
+LEGACY_LOG_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+LOG_COLUMNS = (*LEGACY_LOG_COLUMNS, "noise", "sigma")
+_HEADER = "\t".join(LOG_COLUMNS) + "\n"
+_LEGACY_HEADER = "\t".join(LEGACY_LOG_COLUMNS) + "\n"
+SELECTIONS = ("noise", "clean")
+ETA_PRINT_SECONDS = 60.0  # a run planned to take longer prints its estimate before it starts
+
+NoiseSpec = Noise | tuple[str, float] | float
+PerImage = Callable[[int], Any] | Mapping[int, Any]
+
+
+@dataclass(frozen=True)
+class CertifyConfig:
+    """What determines a certification log: the model's config, the noise and the sampling.
+
+    ``selection`` is how the class is chosen: ``noise`` (Cohen et al.: ``n0`` separate noisy
+    samples) or ``clean`` (the base classifier at the clean input, no selection samples; for
+    deterministic models such as HeatSmoothing's).
+    """
+
+    model: Any  # the (frozen dataclass) config of the certified model
+    noise: str = "gaussian"
+    sigma: float = 0.25
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    dataset: str = "cifar10"
+    every: int = 20  # Cohen's subset: every k-th test image
+    seed: int = 0
+    precision: str = field(default="fp32", metadata={"key_omits_default": True})  # of the forward pass
+    selection: str = field(default="noise", metadata={"key_omits_default": True})
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        as_noise((self.noise, self.sigma), where="CertifyConfig")
+
+
+def image_generator(seed: int, idx: int, device: torch.device | str) -> torch.Generator:
+    """The generator for test image ``idx``: seeded by ``(seed, idx)``, on ``device``."""
+    return torch.Generator(device).manual_seed((int(seed) << 32) + int(idx))
+
+
+def read_log(path: str | Path, noise: str | None = None, sigma: float | None = None) -> pd.DataFrame:
+    """Read a certification log (complete rows only).
+
+    A log from before the ``noise`` and ``sigma`` columns gets them filled from ``noise`` and
+    ``sigma`` (the run's single noise), or left empty if those are not given.
+    """
+    df = pd.read_csv(path, sep="\t")
+    cols = tuple(df.columns)
+    if cols == LEGACY_LOG_COLUMNS:
+        df["noise"] = noise
+        df["sigma"] = np.nan if sigma is None else float(sigma)
+    elif cols != LOG_COLUMNS:
+        raise ValueError(f"{path} is not a certification log: columns {list(df.columns)} != {list(LOG_COLUMNS)}")
+    return df
+
+
+def _resume_rows(path: Path, legacy_noise: Noise | None) -> set[int]:
+    """Indices already in a partial log; truncates a half-written last line.
+
+    A partial log in the old six-column format is upgraded in place when the run has a
+    single noise (the only kind of run that format could hold).
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        path.write_text(_HEADER)
+        return set()
+    raw = path.read_bytes()
+    legacy = raw.startswith(_LEGACY_HEADER.encode()) and not raw.startswith(_HEADER.encode())
+    if not (raw.startswith(_HEADER.encode()) or legacy):
+        raise ValueError(f"{path} is not a certification log (bad header); move it away to start over")
+    cut = raw.rfind(b"\n") + 1
+    if cut < len(raw):  # killed in the middle of a row: drop the fragment
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+    if legacy:
+        if legacy_noise is None:
+            raise ValueError(f"{path} is a partial log in the old format (no noise column) and this run mixes noises; "
+                             "move it away to start over")
+        old = read_log(path, legacy_noise.name, legacy_noise.sigma)
+        atomic_write_text(path, old.to_csv(sep="\t", index=False, float_format=lambda v: repr(float(v)), lineterminator="\n"))
+    done = read_log(path)
+    if done["idx"].duplicated().any():
+        raise ValueError(f"{path} has duplicated rows; move it away to start over")
+    return set(int(i) for i in done["idx"])
+
+
+def _per_image(spec: Any, idx: int) -> Any:
+    if callable(spec):
+        return spec(idx)
+    if isinstance(spec, Mapping):
+        if idx not in spec:
+            raise ValueError(f"no entry for image {idx} in the per-image mapping")
+        return spec[idx]
+    return spec
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else (f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h")
+
+
+def certify_dataset(
+    smooth: Smooth,
+    dataset: ImageDataset,
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int | None,
+    log_path: str | Path,
+    seed: int = 0,
+    progress: bool = True,
+    noise: NoiseSpec | PerImage | None = None,
+    classes: PerImage | None = None,
+) -> pd.DataFrame:
+    """Certify every image of ``dataset`` into ``log_path``, resuming from rows already there.
+
+    Args:
+        noise: the noise of every image (a Noise, ``(name, sigma)`` or a sigma), or a function
+            / mapping from an image's index to its noise; ``None`` takes ``smooth``'s.
+        classes: a function / mapping from an image's index to a class given in advance
+            (deterministic certification, no selection samples); ``None`` selects with ``n0``
+            noisy samples.
+
+    Images stream through one :class:`~rsbook.core.engine.Engine` (several share a forward
+    batch); each row is written and flushed as soon as its image is done, and its ``time``
+    is the wall time since the previous row. A run planned to take longer than a minute
+    prints its estimated time first. Returns the complete log, ordered as ``dataset``.
+    """
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    per_image_noise = callable(noise) or isinstance(noise, Mapping)
+    single = None if per_image_noise else smooth.resolve_noise(noise)
+    done = _resume_rows(log_path, single)
+    todo = [i for i in range(len(dataset)) if int(dataset.indices[i]) not in done]
+    device = smooth.device
+
+    def resolved(idx: int) -> Noise:
+        return single if single is not None else as_noise(_per_image(noise, idx), where=f"image {idx}, noise")
+
+    def items():
+        for i in todo:
+            x, label = dataset[i]
+            idx = int(dataset.indices[i])
+            c_a = None if classes is None else int(_per_image(classes, idx))
+            yield Item((idx, label), x, image_generator(seed, idx, device), resolved(idx), c_a=c_a)
+
+    per = n + (n0 if classes is None else 0)
+    if todo:
+        _print_eta(smooth, tuple(dataset[todo[0]][0].shape), batch_size, len(todo), per)
+    bar = tqdm(total=len(todo), desc=f"certify {single!r}" if single else "certify", disable=not progress, mininterval=10, unit="img")
+    t_start = t_prev = time.perf_counter()
+    with open(log_path, "a", buffering=1) as f:
+        for k, ((idx, label), pred, radius) in enumerate(
+            smooth.certify_many(items(), n0, n, alpha, batch_size, planned_images=len(todo)), start=1
+        ):
+            now = time.perf_counter()
+            nz = resolved(idx)
+            f.write(f"{idx}\t{label}\t{pred}\t{radius!r}\t{int(pred == label)}\t{now - t_prev!r}\t{nz.name}\t{nz.sigma!r}\n")
+            f.flush()
+            os.fsync(f.fileno())
+            t_prev = now
+            bar.update(1)
+            bar.set_postfix_str(f"{k * per / (now - t_start):,.0f} samples/s", refresh=False)
+    bar.close()
+    log = read_log(log_path).set_index("idx").loc[[int(i) for i in dataset.indices]].reset_index()
+    return log
+
+
+def _print_eta(smooth: Smooth, shape: tuple[int, ...], batch_size: int | None, images: int, per_image: int) -> None:
+    """Print the planned work and its estimated time when it exceeds :data:`ETA_PRINT_SECONDS`.
+
+    The rate is the model's measured forward throughput at the run's batch size (the engine
+    certifies at 0.9 or more of it); a cheap upper bound on the rate, so the estimate errs short.
+    """
+    total = images * per_image
+    if total < 50_000:  # certainly quick: do not spend a measurement on it
+        return
+    bs = smooth.engine.warmup(shape, batch_size, planned=total)
+    rate = smooth.engine.throughput(shape, bs, seconds=0.3 if total < 2_000_000 else 1.0)
+    eta = total / rate
+    if eta >= ETA_PRINT_SECONDS:
+        print(f"certifying {images:,} images x {per_image:,} samples = {total:,} forward passes; at about "
+              f"{rate:,.0f}/s (the model's measured forward speed at batch {bs}) that takes about {_fmt_seconds(eta)}", flush=True)
+
+
+def clean_classes(smooth: Smooth, dataset: ImageDataset, batch_size: int = 500) -> dict[int, int]:
+    """The base classifier's class at each clean image (as the engine evaluates it): the class
+    that deterministic certification certifies, chosen without any noise sample."""
+    out: dict[int, int] = {}
+    with torch.inference_mode():
+        for s in range(0, len(dataset), batch_size):
+            idx = list(range(s, min(s + batch_size, len(dataset))))
+            x = torch.stack([dataset[i][0] for i in idx]).to(smooth.device)
+            pred = smooth.engine.forward(x).argmax(1).cpu()
+            out.update({int(dataset.indices[i]): int(p) for i, p in zip(idx, pred)})
+    return out
+
+
+def certification_log(
+    cfg: CertifyConfig,
+    smooth: Smooth,
+    dataset: ImageDataset,
+    store: ArtifactStore,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Load the log for ``cfg`` from ``store``, certifying (resumably) first if needed.
+
+    ``smooth`` is smoothed with ``cfg``'s noise (its own default noise, if any, must agree).
+    """
+    noise = as_noise((cfg.noise, cfg.sigma), where="CertifyConfig")
+    if smooth.noise is not None and smooth.noise != noise:
+        raise ValueError(f"the Smooth's noise {smooth.noise!r} does not match the config ({cfg.noise}, sigma={cfg.sigma})")
+    if smooth.precision != cfg.precision:
+        raise ValueError(f"the Smooth evaluates the model in {smooth.precision} but the config says {cfg.precision}")
+
+    def compute(out: Path, work: Path) -> dict[str, Any]:
+        partial = work / "log.partial.tsv"
+        classes = clean_classes(smooth, dataset) if cfg.selection == "clean" else None
+        log = certify_dataset(smooth, dataset, cfg.n0, cfg.n, cfg.alpha, batch_size, partial, cfg.seed, progress,
+                              noise=noise, classes=classes)
+        log.to_csv(out, sep="\t", index=False)
+        return {"images": len(log), "certify_seconds": float(log["time"].sum())}
+
+    path, _ = store.load_or_compute(cfg, compute, "tsv", device=smooth.device)
+    return read_log(path, cfg.noise, cfg.sigma)

@@ -1,0 +1,124 @@
+"""HeatSmoothing (Campbell, Finlay and Oberman, "Adversarial Boot Camp"): label-free smoothing by training.
+
+Gaussian smoothing of a model ``f`` solves the heat equation up to time ``sigma^2 / 2``. An
+implicit Euler step of length ``h = 1 / n_T`` is the variational problem (their eq. (15))
+
+    f^{k+1} = argmin_v  E_x[ 1/2 || v(x) - f^k(x) ||^2 + c * sigma^2 / 2 * || grad_x v(x) ||^2 ],
+
+with ``f^k`` a frozen copy of the model at the start of timestep ``k``, and no labels. After
+``n_T`` timesteps the deterministic model approximates the Gaussian average of ``f``, and is
+certified with one forward pass for the class (deterministic certification,
+``Smooth.certify_given``). The paper's Algorithm 1 uses ``c = 1``; eq. (15) has ``c = h``:
+``penalty_scale`` selects it (default 1, Algorithm 1 as printed).
+
+The Jacobian norm is estimated as in their Appendix B: ``kappa`` random ``w ~ N(0, I / K)``
+(``K`` outputs), ``g = grad_x (w . v(x))``, ``d = g / ||g||`` (0 where ``g = 0``), detached, and
+
+    || grad_x v(x) ||^2  ~=  sum_{j <= kappa} ( (w_j . v(x + delta d_j) - w_j . v(x)) / delta )^2 .
+
+For a linear ``v(x) = W x`` each term is exactly ``|| W^T w_j ||^2`` (tested), whose expectation
+is ``|| W ||_F^2 / K``.
+
+The ImageNet variant (their eq. (10)) compares softmax outputs in the first term and adds
+``N(0, sigma^2 I)`` noise to half of each batch (``imagenet_variant=True``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..training.fit import Batch
+
+__all__ = ["jacobian_norm_estimate", "HeatSmoothing"]
+
+
+def jacobian_norm_estimate(v: nn.Module, x: torch.Tensor, kappa: int = 10, delta: float = 0.1,
+                           generator: torch.Generator | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-input estimate of ``|| grad_x v(x) ||_F^2`` by random projections and finite differences
+    (see the module docstring); differentiable in ``v``'s parameters. ``out``: ``v(x)`` if already computed."""
+    x = x.detach()
+    out = v(x) if out is None else out
+    K = out.shape[1]
+    total = torch.zeros(x.shape[0], device=x.device, dtype=out.dtype)
+    for _ in range(kappa):
+        w = torch.randn(out.shape, generator=generator, device=x.device, dtype=out.dtype) / K**0.5
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((w * v(xg)).sum(), xg)
+        norm = g.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+        d = torch.where(norm > 0, g / norm.clamp_min(1e-30), torch.zeros_like(g)).detach()
+        fd = ((w * v(x + delta * d)).sum(1) - (w * out).sum(1)) / delta
+        total = total + fd**2
+    return total
+
+
+class HeatSmoothing:
+    """Training step: one implicit heat-equation step per timestep (see the module docstring).
+
+    Args:
+        sigma: the smoothing level the model should emulate (0.1 on CIFAR-10 in the paper).
+        epochs_per_timestep: epochs of :func:`~rsbook.training.fit.fit` per timestep ``k``;
+            the frozen copy ``f^k`` is refreshed at the first epoch of each timestep.
+        timesteps: ``n_T`` (5 on CIFAR-10); ``h = 1 / n_T``.
+        kappa, delta: random projections and finite-difference step of the Jacobian estimate.
+        penalty_scale: ``c`` in the loss: 1 (Algorithm 1) or ``"h"`` (eq. (15)).
+        imagenet_variant: softmax outputs in the distance term and noise on half the batch.
+
+    The frozen copy is part of the step's state and survives a resumed run.
+    """
+
+    def __init__(self, sigma: float, epochs_per_timestep: int, timesteps: int = 5, kappa: int = 10, delta: float = 0.1,
+                 penalty_scale: float | str = 1.0, imagenet_variant: bool = False):
+        if not sigma > 0 or epochs_per_timestep < 1 or timesteps < 1 or kappa < 1 or not delta > 0:
+            raise ValueError("need sigma > 0, epochs_per_timestep >= 1, timesteps >= 1, kappa >= 1 and delta > 0")
+        self.sigma, self.epochs_per_timestep, self.timesteps = float(sigma), int(epochs_per_timestep), int(timesteps)
+        self.kappa, self.delta, self.imagenet_variant = int(kappa), float(delta), bool(imagenet_variant)
+        self.c = 1.0 / timesteps if penalty_scale == "h" else float(penalty_scale)
+        self.frozen: nn.Module | None = None
+        self._pending: dict | None = None  # the frozen copy's weights from a checkpoint
+
+    @property
+    def epochs(self) -> int:
+        """The epochs of the whole run: ``timesteps * epochs_per_timestep`` (give this to ``FitConfig``)."""
+        return self.timesteps * self.epochs_per_timestep
+
+    def __repr__(self) -> str:
+        return (f"HeatSmoothing(sigma={self.sigma}, timesteps={self.timesteps}, epochs_per_timestep={self.epochs_per_timestep}, "
+                f"kappa={self.kappa}, delta={self.delta}, c={self.c:g}, imagenet_variant={self.imagenet_variant})")
+
+    def start_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Restore a checkpointed frozen copy, then take a new one at the start of each timestep."""
+        if self._pending is not None:
+            self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
+            self.frozen.load_state_dict(self._pending)
+            self._pending = None
+        if epoch % self.epochs_per_timestep == 0 or self.frozen is None:
+            self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def state_dict(self) -> dict:
+        return {"frozen": None if self.frozen is None else self.frozen.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = state.get("frozen")
+
+    def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator):
+        frozen = self.frozen
+        if frozen is None:
+            raise RuntimeError("HeatSmoothing has no frozen copy yet: fit() calls start_epoch before the first batch")
+        x = batch.x
+        with torch.no_grad():
+            target = frozen(x)
+        if self.imagenet_variant:  # noise on half of the batch (their eq. (10))
+            half = torch.arange(x.shape[0], device=x.device) < x.shape[0] // 2
+            noise = torch.randn(x.shape, generator=generator, device=x.device) * self.sigma
+            x = torch.where(half.view(-1, *([1] * (x.dim() - 1))), x + noise, x)
+        out = model(x)
+        if self.imagenet_variant:
+            match = 0.5 * (out.softmax(1) - target.softmax(1)).pow(2).sum(1)
+        else:
+            match = 0.5 * (out - target).pow(2).sum(1)
+        penalty = jacobian_norm_estimate(model, x, self.kappa, self.delta, generator, out)
+        loss = (match + self.c * self.sigma**2 / 2 * penalty).mean()
+        return loss, {"match": match.mean().item(), "grad_penalty": penalty.mean().item()}

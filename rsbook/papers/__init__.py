@@ -1,0 +1,1 @@
+"""Per-chapter settings (per profile), config builders, and the papers' published numbers."""

@@ -1,0 +1,164 @@
+"""Chapter 0, Cohen, Rosenfeld & Kolter (2019): settings per profile, configs, models, published numbers.
+
+Other chapters ask for chapter 0's models here, e.g. ``cifar_model(0.25, profile)`` is "the
+sigma = 0.25 CIFAR-10 classifier of chapter 0 at this profile" (loaded from the committed
+artifacts at ``cpu``, trained at ``smoke``/``dry_run``).
+
+Published numbers are labelled as such and never used as ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from ..artifacts import ArtifactStore
+from ..book.profiles import artifact_store, check_profile
+from ..core.runner import CertifyConfig
+from ..models import for_inference
+from ..training.classifier import TrainConfig, trained_model
+
+__all__ = [
+    "CHAPTER",
+    "Settings",
+    "settings",
+    "store",
+    "cifar_config",
+    "mnist_config",
+    "certify_config",
+    "load_model",
+    "cifar_model",
+    "COHEN_CIFAR10",
+    "COHEN_SOURCE",
+    "COHEN_RADII",
+    "COHEN_SECONDS_PER_IMAGE",
+    "paper_best_sigma",
+]
+
+CHAPTER = "00_randomized_smoothing"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Chapter 0's settings at one profile.
+
+    ``every`` and ``grid_every`` pick every k-th test image (from the shipped every-20th
+    subset when k is a multiple of 20); ``certify_batch=None`` lets the engine choose.
+    """
+
+    arch: str
+    epochs: int
+    batch_size: int
+    lr: float
+    schedule: str
+    train_subset: int  # 0: the whole training set
+    every: int
+    n0: int
+    n: int
+    grid_every: int
+    mnist_epochs: int
+    mnist_subset: int
+    mnist_batch_size: int = 128
+    mnist_lr: float = 0.01
+    alpha: float = 0.001
+    certify_batch: int | None = None
+    sigmas: tuple[float, ...] = (0.12, 0.25, 0.50, 1.00)
+    mnist_sigmas: tuple[float, ...] = (0.25, 0.50, 1.00)
+    universal_sigma: float = 1.0  # universal model: sigma_i ~ U(0, universal_sigma)
+
+
+_SETTINGS = {
+    # CI: one epoch on 1,000 shipped training images, 20 test images, N = 100
+    "smoke": Settings(arch="cnn4", epochs=1, batch_size=128, lr=0.05, schedule="cosine", train_subset=1000,
+                      every=500, n0=10, n=100, grid_every=1000, mnist_epochs=1, mnist_subset=1000, certify_batch=128),
+    # the published book: the 4-conv CNN for 20 epochs, N = 1,000 (MNIST LeNet at lr 0.01 for 5 epochs)
+    "cpu": Settings(arch="cnn4", epochs=20, batch_size=256, lr=0.05, schedule="cosine", train_subset=0,
+                    every=20, n0=100, n=1000, grid_every=100, mnist_epochs=5, mnist_subset=0),
+    # Cohen et al.: ResNet-110, 90 epochs, lr 0.1 x0.1 every 30, N = 100,000
+    "paper": Settings(arch="cifar_resnet110", epochs=90, batch_size=256, lr=0.1, schedule="step", train_subset=0,
+                      every=20, n0=100, n=100_000, grid_every=20, mnist_epochs=90, mnist_subset=0),
+}
+
+
+def settings(profile: str) -> Settings:
+    """The settings at ``profile``; ``dry_run`` is ``paper`` shrunk to one batch per training,
+    two test images and N = 50 (derived here, so it cannot drift from ``paper``)."""
+    check_profile(profile)
+    if profile == "dry_run":
+        p = _SETTINGS["paper"]
+        return dataclasses.replace(p, epochs=1, train_subset=p.batch_size, every=5000, grid_every=5000, n0=10, n=50,
+                                   mnist_epochs=1, mnist_subset=p.mnist_batch_size)
+    return _SETTINGS[profile]
+
+
+@lru_cache(maxsize=None)
+def _temporary_store(profile: str) -> ArtifactStore:
+    return artifact_store(CHAPTER, profile)
+
+
+def store(profile: str, recompute: bool = False) -> ArtifactStore:
+    """Chapter 0's artifact store at ``profile`` (one temporary folder per process for
+    ``smoke``/``dry_run``, so other chapters reuse the models trained there)."""
+    if profile in ("smoke", "dry_run"):
+        return _temporary_store(profile)
+    return artifact_store(CHAPTER, profile, recompute=recompute)
+
+
+def cifar_config(sigma: float, profile: str, mode: str = "fixed", seed: int = 0) -> TrainConfig:
+    """The CIFAR-10 classifier trained with Gaussian noise ``sigma`` (``mode="universal"``:
+    ``sigma_i ~ U(0, sigma)`` per image) at ``profile``."""
+    s = settings(profile)
+    return TrainConfig(dataset="cifar10", arch=s.arch, sigma=sigma, sigma_mode=mode, epochs=s.epochs, batch_size=s.batch_size,
+                       lr=s.lr, schedule=s.schedule, train_subset=s.train_subset, seed=seed)
+
+
+def mnist_config(sigma: float, profile: str, seed: int = 0) -> TrainConfig:
+    """The MNIST LeNet trained with Gaussian noise ``sigma`` at ``profile`` (lr 0.01, cosine,
+    no augmentation: one setting for every sigma, not tuned per sigma)."""
+    s = settings(profile)
+    return TrainConfig(dataset="mnist", arch="lenet", sigma=sigma, epochs=s.mnist_epochs, batch_size=s.mnist_batch_size,
+                       lr=s.mnist_lr, schedule="cosine", augment=False, train_subset=s.mnist_subset, seed=seed)
+
+
+def certify_config(model: TrainConfig, sigma: float, profile: str, n: int = 0, every: int = 0, seed: int = 0) -> CertifyConfig:
+    """The certification of ``model`` smoothed with Gaussian ``sigma`` at ``profile`` (``n`` and
+    ``every`` override the profile's when non-zero)."""
+    s = settings(profile)
+    return CertifyConfig(model=model, sigma=sigma, n0=s.n0, n=n or s.n, alpha=s.alpha, dataset=model.dataset,
+                         every=every or s.every, seed=seed)
+
+
+def load_model(cfg: TrainConfig, store: ArtifactStore, device: torch.device | str = "cpu", progress: bool = True) -> torch.nn.Module:
+    """The model for ``cfg`` from ``store`` (trained first if absent), ready for inference."""
+    return for_inference(trained_model(cfg, store, device=device, progress=progress))
+
+
+def cifar_model(sigma: float, profile: str, device: torch.device | str = "cpu", mode: str = "fixed", seed: int = 0,
+                progress: bool = True) -> torch.nn.Module:
+    """Chapter 0's CIFAR-10 classifier for ``sigma`` at ``profile``, in one call."""
+    return load_model(cifar_config(sigma, profile, mode, seed), store(profile), device, progress)
+
+
+# -- published numbers (Cohen et al. 2019), shown beside ours, never used as ours -------------------
+
+COHEN_SOURCE = "Cohen, Rosenfeld & Kolter (2019), CIFAR-10, ResNet-110, N=100,000, alpha=0.001, 500 test images"
+COHEN_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+
+#: Cohen et al. (2019) CIFAR-10 certified accuracy at r = 0, .25, .5, .75, 1.0, 1.5 per sigma.
+COHEN_CIFAR10: dict[float, dict[float, float]] = {
+    0.12: {0.0: 0.81, 0.25: 0.59, 0.5: 0.0, 0.75: 0.0, 1.0: 0.0, 1.5: 0.0},
+    0.25: {0.0: 0.75, 0.25: 0.60, 0.5: 0.43, 0.75: 0.27, 1.0: 0.0, 1.5: 0.0},
+    0.50: {0.0: 0.65, 0.25: 0.55, 0.5: 0.41, 0.75: 0.32, 1.0: 0.23, 1.5: 0.09},
+    1.00: {0.0: 0.47, 0.25: 0.39, 0.5: 0.34, 0.75: 0.28, 1.0: 0.22, 1.5: 0.14},
+}
+
+#: Cohen et al.'s certification time on CIFAR-10 at N = 100,000: about 15 s per image on one GPU.
+COHEN_SECONDS_PER_IMAGE = 15.0
+
+
+def paper_best_sigma(radius: float) -> float:
+    """The sigma with the highest published certified accuracy at ``radius`` (the paper's envelope)."""
+    return max(COHEN_CIFAR10, key=lambda s: COHEN_CIFAR10[s][radius])

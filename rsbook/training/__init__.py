@@ -1,0 +1,1 @@
+"""Training: the one resumable loop (:mod:`.fit`) and stored noise-augmented classifiers (:mod:`.classifier`)."""
