@@ -17,8 +17,8 @@ With ``sigmas`` the images are smoothed with different noise levels (image ``i``
 ``sigmas[i % len(sigmas)]``), each carried by its own engine item: the mixed-noise case.
 
 **Contention.** A benchmark on a busy machine measures the machine, not the code. Each run
-records how much CPU time other processes and the hypervisor (steal) took during it, the
-load average before it, and how far its rounds disagree; a run over the limits is marked
+records how much CPU time other processes and the hypervisor (steal) took during its
+measured rounds, the load average before them, and how far its rounds disagree; a run over the limits is marked
 *contended*, says so in its table, and is refused where it would replace stored results.
 """
 
@@ -58,9 +58,10 @@ __all__ = [
     "write_json",
 ]
 
-#: A run is contended when, during it, other processes used at least ``others`` of the CPUs,
-#: the hypervisor stole at least ``steal`` of them, the 1-minute load average before it was
-#: above the core count, or some quantity's best round was ``spread`` times its worst.
+#: A run is contended when, during its measured rounds, other processes used at least
+#: ``others`` of the CPUs, the hypervisor stole at least ``steal`` of them, or some quantity's
+#: best round was ``spread`` times its worst (off Linux, where CPU accounting is unknown: the
+#: 1-minute load average before it was above the core count).
 CONTENTION_LIMITS = {"others": 0.25, "steal": 0.10, "spread": 1.5}
 
 
@@ -152,7 +153,9 @@ def contention(load: dict[str, float], runs: dict[str, list[float]]) -> dict[str
         reasons.append(f"other processes used {load['others']:.0%} of the CPUs")
     if load.get("steal", 0) >= CONTENTION_LIMITS["steal"]:
         reasons.append(f"the hypervisor stole {load['steal']:.0%} of the CPU time")
-    if load.get("loadavg", 0) > load.get("cores", math.inf):
+    # The load average counts this process's own threads (and lags a minute behind), so it
+    # decides only where the CPU accounting of /proc/stat is unavailable.
+    if math.isnan(load.get("others", math.nan)) and load.get("loadavg", 0) > load.get("cores", math.inf):
         reasons.append(f"the load average was {load['loadavg']:.1f} on {load['cores']:.0f} cores before the run")
     if spread >= CONTENTION_LIMITS["spread"]:
         reasons.append(f"rounds disagree up to {spread:.2f}x")
@@ -206,27 +209,28 @@ def bench_certify(cfg: BenchConfig, log=print) -> dict[str, Any]:
     total = cfg.images * (cfg.n0 + cfg.n)
     candidates = batch_candidates(device)
 
-    with LoadMonitor() as monitor:
-        if cfg.batch_size:  # a given batch is used by both: no sweep at all (quick runs)
-            candidates = (cfg.batch_size,)
-        log(f"[bench] raw forward of the reference model (fp32, NCHW, eager), batches {candidates} ...")
-        with torch.inference_mode():
-            ref_rates = forward_throughput(ref_model, shape, device, candidates, seconds=cfg.forward_seconds / 4, channels_last=False,
-                                           rounds=min(3, cfg.repeats))
-        ref_bs = max(ref_rates, key=ref_rates.get)
+    # Set-up (sweeps, compilation and its worker processes) is not part of the load record.
+    if cfg.batch_size:  # a given batch is used by both: no sweep at all (quick runs)
+        candidates = (cfg.batch_size,)
+    log(f"[bench] raw forward of the reference model (fp32, NCHW, eager), batches {candidates} ...")
+    with torch.inference_mode():
+        ref_rates = forward_throughput(ref_model, shape, device, candidates, seconds=cfg.forward_seconds / 4, channels_last=False,
+                                       rounds=min(3, cfg.repeats))
+    ref_bs = max(ref_rates, key=ref_rates.get)
 
-        log("[bench] engine set-up (layout, compilation if chosen, batch-size sweep) ...")
-        t0 = time.perf_counter()
-        engine.sweep_seconds, engine.sweep_rounds = cfg.forward_seconds / 4, min(3, cfg.repeats)
-        # compile="auto" decides as for Cohen's 500-image run; compiles inside the engine's guard (eager fallback)
-        bs = engine.warmup(shape, cfg.batch_size or None, planned=500 * (cfg.n0 + cfg.n))
-        setup_s = time.perf_counter() - t0
-        log(f"[bench] {engine!r}, batch {bs}, set-up {setup_s:.1f} s")
-        runs: dict[str, list[float]] = {"ref_fw": [], "eng_fw": [], "ref": [], "eng": []}
-        with torch.inference_mode():  # warm both paths up (oneDNN primitives, thread pools)
-            forward_throughput(ref_model, shape, device, [ref_bs], seconds=cfg.forward_seconds / 2, channels_last=False)
-        engine.throughput(shape, bs, seconds=cfg.forward_seconds / 2)
-        shares = []
+    log("[bench] engine set-up (layout, compilation if chosen, batch-size sweep) ...")
+    t0 = time.perf_counter()
+    engine.sweep_seconds, engine.sweep_rounds = cfg.forward_seconds / 4, min(3, cfg.repeats)
+    # compile="auto" decides as for Cohen's 500-image run; compiles inside the engine's guard (eager fallback)
+    bs = engine.warmup(shape, cfg.batch_size or None, planned=500 * (cfg.n0 + cfg.n))
+    setup_s = time.perf_counter() - t0
+    log(f"[bench] {engine!r}, batch {bs}, set-up {setup_s:.1f} s")
+    runs: dict[str, list[float]] = {"ref_fw": [], "eng_fw": [], "ref": [], "eng": []}
+    with torch.inference_mode():  # warm both paths up (oneDNN primitives, thread pools)
+        forward_throughput(ref_model, shape, device, [ref_bs], seconds=cfg.forward_seconds / 2, channels_last=False)
+    engine.throughput(shape, bs, seconds=cfg.forward_seconds / 2)
+    shares = []
+    with LoadMonitor() as monitor:  # the measured rounds only
         for r in range(cfg.repeats):  # interleaved rounds, each throughput next to its raw forward
             log(f"[bench] round {r + 1}/{cfg.repeats}: raw forwards, reference loop, engine ({cfg.images} images, N = {cfg.n0} + {cfg.n})")
             with torch.inference_mode():

@@ -26,6 +26,8 @@ import torch
 __all__ = [
     "DATASETS",
     "NUM_CLASSES",
+    "TRAIN_SIZES",
+    "TEST_SIZES",
     "DatasetNotFoundError",
     "ImageDataset",
     "data_root",
@@ -41,6 +43,8 @@ __all__ = [
 #: Datasets that ``load_dataset`` reads (ImageNet goes through ``load_imagenet``).
 DATASETS = {"cifar10": {"shape": (3, 32, 32)}, "mnist": {"shape": (1, 28, 28)}}
 NUM_CLASSES = {"cifar10": 10, "mnist": 10, "imagenet": 1000}
+TRAIN_SIZES = {"cifar10": 50_000, "mnist": 60_000}
+TEST_SIZES = {"cifar10": 10_000, "mnist": 10_000}
 EMBEDDED_DIR = Path(__file__).parent / "_data"
 EMBEDDED_EVERY = 20
 EMBEDDED_TRAIN = 1000  # the first images of each training set that ship with the package
@@ -54,9 +58,6 @@ _HOW_TO = (
 
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset is not in the data root and cannot be downloaded."""
-
-
-_ROOT_SOURCE = {"name": "RSBOOK_DATA"}  # what set the data root, for error messages
 
 
 def data_root() -> tuple[Path, bool]:
@@ -85,7 +86,7 @@ def set_data_root(path: str | Path, source: str = "data_root") -> Path:
     if not ((root / "cifar-10-batches-py").is_dir() or (root / "MNIST" / "raw").is_dir()):
         raise DatasetNotFoundError(f"{source}={str(path)!r} holds neither {layout}; point {source} at the folder that does")
     os.environ["RSBOOK_DATA"] = str(root.resolve())
-    _ROOT_SOURCE["name"] = source
+    os.environ["RSBOOK_DATA_SOURCE"] = source  # named by later errors; kernels and subprocesses inherit both
     return root
 
 
@@ -181,7 +182,7 @@ def _torchvision_dataset(name: str, train: bool, root: Path, download: bool):
         return cls(root=str(root), train=train, download=False)
     except (RuntimeError, FileNotFoundError) as exc:
         if not download:
-            src = _ROOT_SOURCE["name"]
+            src = os.environ.get("RSBOOK_DATA_SOURCE", "RSBOOK_DATA")
             how = _HOW_TO if src == "RSBOOK_DATA" else f"Point {src} at a folder in torchvision's layout (cifar-10-batches-py/ and MNIST/raw/)."
             raise DatasetNotFoundError(f"{name} ({'train' if train else 'test'}) was not found under {root} (from {src}). {how}") from exc
     try:
@@ -211,22 +212,22 @@ def load_dataset(name: str, train: bool, root: str | Path | None = None) -> Imag
     return ImageDataset(name, images, torch.as_tensor(np.asarray(ds.targets)))
 
 
-def embedded_test_subset(name: str) -> ImageDataset:
-    """The shipped every-20th test subset (500 images) of ``cifar10`` or ``mnist``."""
-    path = EMBEDDED_DIR / f"{name.lower()}_test_every{EMBEDDED_EVERY}.npz"
+def _embedded(name: str, file: str, what: str) -> ImageDataset:
+    path = EMBEDDED_DIR / f"{name.lower()}_{file}.npz"
     if not path.exists():
-        raise DatasetNotFoundError(f"no embedded test subset for {name!r} (looked for {path})")
+        raise DatasetNotFoundError(f"no embedded {what} for {name!r} (looked for {path})")
     with np.load(path) as z:
         return ImageDataset(name.lower(), torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), torch.from_numpy(z["indices"]))
+
+
+def embedded_test_subset(name: str) -> ImageDataset:
+    """The shipped every-20th test subset (500 images) of ``cifar10`` or ``mnist``."""
+    return _embedded(name, f"test_every{EMBEDDED_EVERY}", "test subset")
 
 
 def embedded_train_subset(name: str) -> ImageDataset:
     """The shipped first :data:`EMBEDDED_TRAIN` images of the ``cifar10`` or ``mnist`` training set."""
-    path = EMBEDDED_DIR / f"{name.lower()}_train_first{EMBEDDED_TRAIN}.npz"
-    if not path.exists():
-        raise DatasetNotFoundError(f"no embedded training subset for {name!r} (looked for {path})")
-    with np.load(path) as z:
-        return ImageDataset(name.lower(), torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), torch.from_numpy(z["indices"]))
+    return _embedded(name, f"train_first{EMBEDDED_TRAIN}", "training subset")
 
 
 def load_train_subset(name: str, first: int = 0, root: str | Path | None = None) -> ImageDataset:

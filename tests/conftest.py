@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+# The tests never write into the checkout: no bytecode caches (here, and in the notebook kernels
+# that inherit the environment) and no pytest cache (pyproject.toml: -p no:cacheprovider).
+sys.dont_write_bytecode = True
+os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
 
 import pytest
 import torch

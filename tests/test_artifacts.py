@@ -115,3 +115,12 @@ def test_a_json_payload_cannot_overwrite_the_metadata(tmp_path):
 
     with pytest.raises(ValueError, match="metadata"):
         ArtifactStore(tmp_path).paths(Cfg(), "json")
+
+
+def test_a_damaged_committed_artifact_is_restored_from_git_not_recomputed(tmp_path):
+    from pathlib import Path
+
+    committed = sorted((Path(__file__).resolve().parents[1] / "book" / "artifacts").glob("*/trainconfig-*.pt"))[0]
+    hint = ArtifactStore.fix_hint(committed)
+    assert hint.startswith("It is a committed artifact: restore it with `git checkout -- ") and committed.stem in hint
+    assert "Delete" in ArtifactStore.fix_hint(tmp_path / "cfg-0123456789ab.pt")  # not in git: recompute

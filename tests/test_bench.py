@@ -49,7 +49,8 @@ def test_contention_rule():
     busy = contention({**calm, "others": 0.4}, {"eng": [100.0, 110.0]})
     assert busy["contended"] and "other processes used 40%" in busy["reasons"][0]
     assert contention({**calm, "steal": 0.2}, {})["contended"]
-    assert contention({**calm, "loadavg": 3.0}, {})["contended"]
+    assert not contention({**calm, "loadavg": 3.0}, {})["contended"]  # our own threads raise the load average
+    assert contention({**calm, "others": float("nan"), "loadavg": 3.0}, {})["contended"]  # the fallback off Linux
     assert "rounds disagree up to 1.70x" in contention(calm, {"eng": [100.0, 170.0]})["reasons"][0]
 
 

@@ -48,6 +48,8 @@ def test_cli_refuses_unknown_parameter_bad_profile_and_bad_device(capsys, tmp_pa
     assert cli.main(["run", name, "-p", "profile", "fast", "-o", str(tmp_path / "x.ipynb")]) == 2
     assert "profile must be one of" in capsys.readouterr().err
     assert cli.main(["run", "no_such_chapter"]) == 2
+    assert cli.main(["run", name, "-p", "device", "gpu", "-o", str(tmp_path / "x.ipynb")]) == 2
+    assert "'gpu' is not a device name" in capsys.readouterr().err
     assert not (tmp_path / "x.ipynb").exists()
 
 

@@ -40,11 +40,11 @@ def test_a_bad_data_root_parameter_is_named_in_the_error(tmp_path, monkeypatch):
     with pytest.raises(DatasetNotFoundError, match=r"data_root='.*' holds neither cifar-10-batches-py/"):
         set_data_root(tmp_path)
     (tmp_path / "MNIST" / "raw").mkdir(parents=True)  # has MNIST, lacks CIFAR-10
-    monkeypatch.setenv("RSBOOK_DATA", "")
+    monkeypatch.setenv("RSBOOK_DATA", "")  # restored after the test, as is the source below
+    monkeypatch.setenv("RSBOOK_DATA_SOURCE", "RSBOOK_DATA")
     set_data_root(tmp_path)
     with pytest.raises(DatasetNotFoundError, match=r"from data_root\). Point data_root at"):
         load_dataset("cifar10", train=True)
-    rsdata._ROOT_SOURCE["name"] = "RSBOOK_DATA"
 
 
 def test_datasets_are_uint8_in_memory_and_floats_in_unit_range(data_root):

@@ -241,3 +241,15 @@ def test_committed_certification_artifacts_keep_their_keys():
 
 class _Frozen(dict):
     """A dict standing in for the model's config dataclass (``asdict`` copies it as is)."""
+
+
+def test_a_run_too_small_to_repay_a_sweep_skips_it():
+    from conftest import CountingClassifier
+
+    counting = CountingClassifier(_linear())
+    engine = Engine(counting, K, Gaussian(0.5), channels_last=False)
+    assert engine.batch_size_for(SHAPE, None, planned=1_000) == 128  # the largest candidate <= 1000 / 4
+    assert engine.batch_size_for(SHAPE, None, planned=100) == 64
+    assert counting.calls == 0  # no forward pass was spent choosing
+    engine.batch_size_for(SHAPE, None, seconds=0.01, planned=10**6)
+    assert counting.calls > 0  # a long run sweeps

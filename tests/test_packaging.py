@@ -33,3 +33,23 @@ def test_readme_test_command_is_what_ci_runs():
     assert cmd in readme and cmd in ci
     assert "bash .ci/setup" in readme and "bash .ci/setup" in ci
     assert "rsbook book" in readme and "rsbook book" in ci
+
+
+def test_constraints_pin_every_dependency_within_its_range():
+    from packaging.requirements import Requirement
+
+    py = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (REPO / ".ci" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    assert not {"torch", "torchvision"} & set(pins)  # the torch pair is chosen by .ci/setup, not pinned here
+    for dep in py["dependencies"] + py["optional-dependencies"]["dev"]:
+        req = Requirement(dep)
+        if req.name in ("torch", "torchvision"):
+            continue
+        key = req.name.lower().replace("_", "-")
+        assert key in pins, f"{req.name} is not pinned in .ci/constraints.txt (run bash .ci/lock)"
+        assert req.specifier.contains(pins[key]), f"{req.name}=={pins[key]} is outside {req.specifier}"
+    assert "-c .ci/constraints.txt" in (REPO / ".ci" / "setup").read_text()

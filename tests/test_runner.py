@@ -114,3 +114,19 @@ def test_metrics_on_a_known_log():
     other = log.assign(radius=[0.1, 0.9, 0.0, 0.1])
     env = envelope({"a": log, "b": other}, [0.0, 0.15])
     assert list(env["certified_accuracy"]) == [0.5, 0.5] and env["best"].iloc[1] == "a"
+
+
+def test_chapter_0_plan_is_exactly_its_committed_artifacts():
+    # The plan that announces a run's work lists the same configs the chapter computes: at the
+    # published settings every planned model and log is committed, and nothing committed is unplanned.
+    from pathlib import Path
+
+    from rsbook.artifacts import config_key
+    from rsbook.papers import cohen2019
+
+    trainings, certs = cohen2019.planned_work("cpu")
+    folder = Path(__file__).resolve().parents[1] / "book" / "artifacts" / cohen2019.CHAPTER
+    committed = {p.stem for p in folder.glob("*config-*.json")}
+    planned = {config_key(c) for c in trainings} | {config_key(p.config) for p in certs}
+    assert planned == committed
+    assert sum(p.images for p in certs) == (4 + 4) * 500 + 16 * 100 + 3 * 500  # fixed, universal, grid, MNIST

@@ -115,13 +115,16 @@ class Claims:
         Path(path).write_text(self.to_json())
         return Path(path)
 
-    def show(self) -> None:
-        """Display the table (full text, wrapped) and the verdict rule under it, and save it."""
+    def show(self, note: str = "") -> None:
+        """Display the table (full text, wrapped), ``note`` (e.g. how our setting differs from the
+        paper's, once for all rows) and the verdict rule under it, and save it."""
         from IPython.display import Markdown, display
 
         from .tables import show_table
 
         show_table(self.table(), index=False)
+        if note:
+            display(Markdown(note))
         display(Markdown(f"Verdicts: a number is *reproduced* when ours is within {TOLERANCE:.2f} of the paper's, *partly* "
                          f"within {2 * TOLERANCE:.2f}, and *not comparable* when our setting cannot produce it; a "
                          "qualitative claim is *reproduced* when all its checks hold and *partly* when some do."))

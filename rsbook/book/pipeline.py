@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from .profiles import check_profile, repo_root
+from .profiles import check_profile, repo_root, resolve_device
 
 __all__ = [
     "UnknownParameterError",
@@ -136,8 +136,8 @@ def _merge_parameter_cells(output: Path, params: Mapping[str, Any]) -> None:
     """Show one parameters cell: the original one, holding the values this run used.
 
     papermill injects a second cell with the overridden values; the rendered page would show
-    both. The original cell's assignments get the run's values (marked ``# set for this run``)
-    and the injected cell is tagged ``remove-cell``.
+    both. The original cell's assignments that the run changed get its values (marked
+    ``# set for this run``) and the injected cell is tagged ``remove-cell``.
     """
     import nbformat
 
@@ -149,7 +149,7 @@ def _merge_parameter_cells(output: Path, params: Mapping[str, Any]) -> None:
     lines = original[0].source.splitlines()
     for node in ast.parse(original[0].source).body:
         target = node.targets[0] if isinstance(node, ast.Assign) else node.target  # type: ignore[union-attr]
-        if target.id in params:
+        if target.id in params and params[target.id] != ast.literal_eval(node.value):
             i = node.lineno - 1
             lines[i] = f"{target.id} = {params[target.id]!r}  # set for this run (default: {ast.get_source_segment(original[0].source, node.value)})"
     original[0].source = "\n".join(lines)
@@ -190,6 +190,8 @@ def run_notebook(
     params = coerce_parameters(parameters or {}, defaults, source.stem)
     if "profile" in params:
         check_profile(params["profile"])
+    if "device" in params:  # a bad device name fails here, with the fix, not after a kernel start
+        resolve_device(params["device"], params.get("profile"))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     cwd = Path(cwd) if cwd else repo_root()

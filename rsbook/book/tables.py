@@ -9,7 +9,7 @@ import pandas as pd
 __all__ = ["show_table", "styled"]
 
 _STYLES = [
-    {"selector": "th, td", "props": "white-space: normal; overflow-wrap: anywhere; max-width: 24em; padding: 0.2em 0.5em;"},
+    {"selector": "th, td", "props": "white-space: normal; overflow-wrap: break-word; max-width: 24em; padding: 0.2em 0.5em;"},
     {"selector": "th", "props": "text-align: left; vertical-align: bottom;"},
     {"selector": "td", "props": "vertical-align: top;"},
     {"selector": "", "props": "font-size: 0.85em; border-collapse: collapse;"},
@@ -17,7 +17,15 @@ _STYLES = [
 
 
 def styled(df: pd.DataFrame, formats: Mapping[str, str] | str | None = "{:.3f}", index: bool = True, caption: str | None = None):
-    """A pandas ``Styler`` of ``df`` in the book's style (floats formatted, text wrapped)."""
+    """A pandas ``Styler`` of ``df`` in the book's style (floats formatted, text wrapped).
+
+    A named single-level index becomes the first column (a separate header row for its
+    name would waste a line and wrap the name letter by letter).
+    """
+    if index and df.index.nlevels == 1 and df.index.name:
+        df, index = df.reset_index(), False
+        if isinstance(formats, dict) and pd.api.types.is_float_dtype(df.iloc[:, 0]):
+            formats = {df.columns[0]: "{:g}", **formats}
     st = df.style.set_table_styles(_STYLES)
     if isinstance(formats, str):
         floats = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]

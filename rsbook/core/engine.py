@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 import shutil
 import time
@@ -350,6 +351,8 @@ class Engine:
             want = planned is not None and planned >= COMPILE_MIN_SAMPLES and _compiler_available(self.device)
         model = self.model
         if want:
+            if self.device.type == "cpu":  # inductor's C++ build warns "No CUDA runtime is found" on every CPU machine
+                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             model = torch.compile(self.model, dynamic=False, options={"freezing": True})
             self.compiled = True
         precision, device = self.precision, self.device

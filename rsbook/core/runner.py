@@ -184,12 +184,15 @@ def certify_dataset(
     def resolved(idx: int) -> Noise:
         return single if single is not None else as_noise(_per_image(noise, idx), where=f"image {idx}, noise")
 
+    used: dict[int, Noise] = {}  # each image's noise, resolved once (a per-image rule may be costly or random)
+
     def items():
         for i in todo:
             x, label = dataset[i]
             idx = int(dataset.indices[i])
             c_a = None if classes is None else int(_per_image(classes, idx))
-            yield Item((idx, label), x, image_generator(seed, idx, device), resolved(idx), c_a=c_a)
+            used[idx] = resolved(idx)
+            yield Item((idx, label), x, image_generator(seed, idx, device), used[idx], c_a=c_a)
 
     per = n + (n0 if classes is None else 0)
     if todo:
@@ -201,7 +204,7 @@ def certify_dataset(
             smooth.certify_many(items(), n0, n, alpha, batch_size, planned_images=len(todo)), start=1
         ):
             now = time.perf_counter()
-            nz = resolved(idx)
+            nz = used.pop(idx)
             f.write(f"{idx}\t{label}\t{pred}\t{radius!r}\t{int(pred == label)}\t{now - t_prev!r}\t{nz.name}\t{nz.sigma!r}\n")
             f.flush()
             os.fsync(f.fileno())

@@ -16,7 +16,9 @@ from functools import lru_cache
 import torch
 
 from ..artifacts import ArtifactStore
+from ..book.eta import Planned, announce
 from ..book.profiles import artifact_store, check_profile
+from ..data import TEST_SIZES, TRAIN_SIZES
 from ..core.runner import CertifyConfig
 from ..models import for_inference
 from ..training.classifier import TrainConfig, trained_model
@@ -30,6 +32,9 @@ __all__ = [
     "mnist_config",
     "certify_config",
     "load_model",
+    "grid_every",
+    "planned_work",
+    "announce_work",
     "cifar_model",
     "COHEN_CIFAR10",
     "COHEN_SOURCE",
@@ -129,6 +134,31 @@ def certify_config(model: TrainConfig, sigma: float, profile: str, n: int = 0, e
     s = settings(profile)
     return CertifyConfig(model=model, sigma=sigma, n0=s.n0, n=n or s.n, alpha=s.alpha, dataset=model.dataset,
                          every=every or s.every, seed=seed)
+
+
+def grid_every(profile: str, every: int = 0) -> int:
+    """The test subset of the training-sigma vs smoothing-sigma grid: every ``max(grid_every, every)``-th image."""
+    s = settings(profile)
+    return max(s.grid_every, every or s.every)
+
+
+def planned_work(profile: str, n: int = 0, every: int = 0, seed: int = 0) -> tuple[list[TrainConfig], list[Planned]]:
+    """Every model and certification log the chapter computes at these settings, in its order."""
+    s = settings(profile)
+    every, grid = every or s.every, grid_every(profile, every)
+    images = lambda dataset, k: -(-TEST_SIZES[dataset] // k)  # noqa: E731 -- ceil: indices 0, k, 2k, ...
+    fixed = {sg: cifar_config(sg, profile, seed=seed) for sg in s.sigmas}
+    uni = cifar_config(s.universal_sigma, profile, "universal", seed=seed)
+    mnist = {sg: mnist_config(sg, profile, seed=seed) for sg in s.mnist_sigmas}
+    logs = [(fixed[sg], sg, every) for sg in s.sigmas] + [(uni, sg, every) for sg in s.sigmas]
+    logs += [(fixed[a], b, grid) for a in s.sigmas for b in s.sigmas] + [(mnist[sg], sg, every) for sg in s.mnist_sigmas]
+    certs = [Planned(certify_config(m, sg, profile, n, k, seed), m.arch, images(m.dataset, k)) for m, sg, k in logs]
+    return [*fixed.values(), uni, *mnist.values()], certs
+
+
+def announce_work(profile: str, store: ArtifactStore, n: int = 0, every: int = 0, seed: int = 0) -> float | None:
+    """Print what this chapter run will compute and about how long it takes (see :mod:`rsbook.book.eta`)."""
+    return announce(store, *planned_work(profile, n, every, seed), full_train=TRAIN_SIZES)
 
 
 def load_model(cfg: TrainConfig, store: ArtifactStore, device: torch.device | str = "cpu", progress: bool = True) -> torch.nn.Module:
