@@ -130,3 +130,27 @@ def test_chapter_0_plan_is_exactly_its_committed_artifacts():
     planned = {config_key(c) for c in trainings} | {config_key(p.config) for p in certs}
     assert planned == committed
     assert sum(p.images for p in certs) == (4 + 4) * 500 + 16 * 100 + 3 * 500  # fixed, universal, grid, MNIST
+
+
+def test_announced_time_follows_the_measured_rates(tmp_path, capsys):
+    import json
+
+    from rsbook.artifacts import ArtifactStore
+    from rsbook.book.eta import Planned, announce
+    from rsbook.core.runner import CertifyConfig
+    from rsbook.training.classifier import TrainConfig
+
+    store = ArtifactStore(tmp_path)
+    model = TrainConfig(arch="cnn4", epochs=4)
+    # stored evidence: 100 images x 1,100 samples in 55 s (2,000 samples/s); 30 s per full epoch
+    (tmp_path / "certifyconfig-aaaaaaaaaaaa.json").write_text(json.dumps(
+        {"config": {"type": "CertifyConfig", "model": {"arch": "cnn4"}, "n0": 100, "n": 1000}, "images": 100, "certify_seconds": 55.0}))
+    (tmp_path / "trainconfig-bbbbbbbbbbbb.json").write_text(json.dumps(
+        {"config": {"type": "TrainConfig", "arch": "cnn4", "dataset": "cifar10", "train_subset": 0},
+         "history": [{"seconds": 25.0}, {"seconds": 35.0}]}))
+    plan = [Planned(CertifyConfig(model=model, n0=100, n=9_900), "cnn4", 50)]
+    est = announce(store, [model], plan, full_train={"cifar10": 50_000})
+    assert est == pytest.approx(50 * 10_000 / 2_000 + 4 * 30.0)
+    assert "1 certification logs (500,000 forward passes) and trains 1 models" in capsys.readouterr().out
+    assert announce(store, [], [Planned(CertifyConfig(model=model), "resnet", 1)], {}) is None
+    assert "No rate was measured yet for certifying resnet" in capsys.readouterr().out
