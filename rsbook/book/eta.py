@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..artifacts import ArtifactStore
+from ..timing import format_duration
 
 __all__ = ["Planned", "measured_rates", "announce"]
 
@@ -52,10 +53,6 @@ def measured_rates(store: ArtifactStore) -> tuple[dict[str, float], dict[tuple[s
     return {k: mean(v) for k, v in samples.items()}, {k: mean(v) for k, v in epochs.items()}
 
 
-def _fmt(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else (f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h")
-
-
 def announce(store: ArtifactStore, trainings: Sequence[Any], certifications: Sequence[Planned], full_train: dict[str, int],
              threshold: float = ANNOUNCE_SECONDS) -> float | None:
     """Print the work still to do in ``store`` and its estimated time if over ``threshold`` s;
@@ -89,5 +86,5 @@ def announce(store: ArtifactStore, trainings: Sequence[Any], certifications: Seq
         return None
     if total >= threshold:
         used = ", ".join(f"{a} {r:,.0f} samples/s" for a, r in sorted(rates.items()))
-        print(msg + f"At the rates measured for the stored artifacts ({used}) that is about {_fmt(total)}.", flush=True)
+        print(msg + f"At the rates measured for the stored artifacts ({used}) that is about {format_duration(total)}.", flush=True)
     return total

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from ..artifacts import ArtifactStore, atomic_write_text
 from ..data import ImageDataset
+from ..timing import format_duration
 from .certify import Smooth
 from .engine import Item, as_noise
 from .noise import Noise
@@ -142,10 +143,6 @@ def _per_image(spec: Any, idx: int) -> Any:
     return spec
 
 
-def _fmt_seconds(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else (f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h")
-
-
 def certify_dataset(
     smooth: Smooth,
     dataset: ImageDataset,
@@ -230,7 +227,7 @@ def _print_eta(smooth: Smooth, shape: tuple[int, ...], batch_size: int | None, i
     eta = total / rate
     if eta >= ETA_PRINT_SECONDS:
         print(f"certifying {images:,} images x {per_image:,} samples = {total:,} forward passes; at about "
-              f"{rate:,.0f}/s (the model's measured forward speed at batch {bs}) that takes about {_fmt_seconds(eta)}", flush=True)
+              f"{rate:,.0f}/s (the model's measured forward speed at batch {bs}) that takes about {format_duration(eta)}", flush=True)
 
 
 def clean_classes(smooth: Smooth, dataset: ImageDataset, batch_size: int = 500) -> dict[int, int]:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ..artifacts import ArtifactStore, save_atomic
 from ..data import ImageDataset
+from ..timing import format_duration
 
 __all__ = ["FitConfig", "Batch", "Step", "fit", "load_or_fit", "lr_factor", "OPTIMIZERS", "SCHEDULES"]
 
@@ -97,10 +98,6 @@ def _optimizer(cfg: FitConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def _fmt(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else (f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h")
 
 
 def fit(
@@ -182,7 +179,7 @@ def fit(
             h = history[-1]
             shown = ", ".join(f"{k} {v:.4f}" for k, v in h.items() if k not in ("epoch", "seconds"))
             left = config.epochs - epoch - 1
-            eta = f"; about {_fmt(h['seconds'] * left)} to go" if left and epoch == start_epoch else ""
+            eta = f"; about {format_duration(h['seconds'] * left)} to go" if left and epoch == start_epoch else ""
             print(f"{desc + ': ' if desc else ''}epoch {epoch + 1}/{config.epochs}: {shown}, {h['seconds']:.0f} s{eta}", flush=True)
         if ckpt is not None:
             keys = list(history[0])
