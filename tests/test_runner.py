@@ -154,3 +154,11 @@ def test_announced_time_follows_the_measured_rates(tmp_path, capsys):
     assert "1 certification logs (500,000 forward passes) and trains 1 models" in capsys.readouterr().out
     assert announce(store, [], [Planned(CertifyConfig(model=model), "resnet", 1)], {}) is None
     assert "No rate was measured yet for certifying resnet" in capsys.readouterr().out
+
+
+def test_clean_classes_are_the_base_classifiers_answers_on_clean_images():
+    from rsbook.core.runner import clean_classes
+
+    ds = _dataset(12)  # labels: first pixel > 0.5, exactly what ThresholdClassifier(0.5) answers
+    got = clean_classes(Smooth(ThresholdClassifier(0.5), 2, 0.3), ds, batch_size=5)
+    assert got == {int(i): int(y) for i, y in zip(ds.indices, ds.labels)}

@@ -491,9 +491,7 @@ class Engine:
         x = item.x
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{where}, field 'x': expected a tensor, got {type(x).__name__}")
-        if shape is not None and x.dim() == len(shape) + 1 and x.shape[0] == 1:
-            x = x.squeeze(0)
-        elif shape is None and x.dim() == 4 and x.shape[0] == 1:
+        if x.dim() == (4 if shape is None else len(shape) + 1) and x.shape[0] == 1:  # a batch of one
             x = x.squeeze(0)
         if shape is not None and tuple(x.shape) != shape:
             raise ValueError(f"{where}, field 'x': shape {tuple(x.shape)} differs from this run's {shape}; "

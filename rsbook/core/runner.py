@@ -235,11 +235,9 @@ def clean_classes(smooth: Smooth, dataset: ImageDataset, batch_size: int = 500) 
     that deterministic certification certifies, chosen without any noise sample."""
     out: dict[int, int] = {}
     with torch.inference_mode():
-        for s in range(0, len(dataset), batch_size):
-            idx = list(range(s, min(s + batch_size, len(dataset))))
-            x = torch.stack([dataset[i][0] for i in idx]).to(smooth.device)
+        for x, _, pos in dataset.batches(batch_size, device=smooth.device, indices=True):
             pred = smooth.engine.forward(x).argmax(1).cpu()
-            out.update({int(dataset.indices[i]): int(p) for i, p in zip(idx, pred)})
+            out.update({int(dataset.indices[i]): int(p) for i, p in zip(pos, pred)})
     return out
 
 

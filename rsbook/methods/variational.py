@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..training.fit import Batch
-from .soft import SoftSmoothed
+from .augment import perturb
+from .soft import SoftSmoothed, noisy_copies
 
 __all__ = ["gaussian_kl", "SelectorStep"]
 
@@ -67,13 +68,11 @@ class SelectorStep:
         b = x.shape[0]
         sig_a = torch.full((b,), self.sigma_a, device=x.device)
         if self.n_h:
-            reps = x.repeat_interleave(self.n_h, dim=0)
-            noisy = reps + torch.randn(reps.shape, generator=generator, device=x.device) * self.sigma_m
+            noisy = noisy_copies(x, self.n_h, "gaussian", self.sigma_m, generator)
             out = h(noisy, sig_a.repeat_interleave(self.n_h), lam.repeat_interleave(self.n_h)).reshape(b, self.n_h)
             # contiguous: torch 2.13's median reads garbage from a stride-0 (expanded) view
             return out.contiguous().median(dim=1).values
-        noisy = x + torch.randn(x.shape, generator=generator, device=x.device) * self.sigma_a
-        return h(noisy, sig_a, lam).reshape(b)
+        return h(perturb(x, "gaussian", self.sigma_a, generator), sig_a, lam).reshape(b)
 
     def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator):
         x, y = batch.x, batch.y

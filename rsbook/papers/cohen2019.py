@@ -17,7 +17,7 @@ import torch
 
 from ..artifacts import ArtifactStore
 from ..book.eta import Planned, announce
-from ..book.profiles import artifact_store, check_profile
+from ..book.profiles import TEMPORARY_PROFILES, artifact_store, check_profile
 from ..data import TEST_SIZES, TRAIN_SIZES
 from ..core.runner import CertifyConfig
 from ..models import for_inference
@@ -107,7 +107,7 @@ def _temporary_store(profile: str) -> ArtifactStore:
 def store(profile: str, recompute: bool = False) -> ArtifactStore:
     """Chapter 0's artifact store at ``profile`` (one temporary folder per process for
     ``smoke``/``dry_run``, so other chapters reuse the models trained there)."""
-    if profile in ("smoke", "dry_run"):
+    if profile in TEMPORARY_PROFILES:
         return _temporary_store(profile)
     return artifact_store(CHAPTER, profile, recompute=recompute)
 
