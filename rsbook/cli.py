@@ -50,6 +50,20 @@ def _bench_certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_sequential(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from .bench import BenchConfig, bench_sequential, format_sequential, write_json
+
+    names = {f.name for f in fields(BenchConfig)}
+    cfg = BenchConfig(**{k: v for k, v in vars(args).items() if k in names})
+    result = bench_sequential(cfg, args.radii, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_sequential(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -111,6 +125,29 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--csv", help="also write the table as CSV here")
     c.add_argument("--force", action="store_true", help="overwrite --json/--csv files even with a run measured on a busy machine")
     c.set_defaults(func=_bench_certify)
+
+    q = bench.add_parser("sequential", help="the sequential certifier vs fixed-N certify with N = n_max",
+                         description="Forward passes, wall time and decisions at the given radii of fixed-N "
+                         "certify and of the anytime-valid sequential certifier (n_max = --n), on the same images "
+                         "and model, in one run.")
+    q.add_argument("--model", default=d.model, choices=sorted(ARCHS))
+    q.add_argument("--dataset", default=d.dataset, choices=[k for k in DATASETS if k != "imagenet"])
+    q.add_argument("--weights", default=d.weights, help="'random' or a state-dict .pt (e.g. a trained-model artifact)")
+    q.add_argument("--noise", default=d.noise, choices=sorted(NOISES))
+    q.add_argument("--sigma", type=float, default=d.sigma)
+    q.add_argument("--n0", type=int, default=d.n0)
+    q.add_argument("--n", type=int, default=10_000, help="fixed N, and the sequential run's n_max")
+    q.add_argument("--alpha", type=float, default=d.alpha)
+    q.add_argument("--radii", type=_floats, default=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5), metavar="R1,R2,...")
+    q.add_argument("--images", type=int, default=d.images, help="test images (from the embedded every-20th subset)")
+    q.add_argument("--device", default=d.device)
+    q.add_argument("--precision", default=d.precision, choices=PRECISIONS)
+    q.add_argument("--compile", default=d.compile, choices=["auto", "on", "off"])
+    q.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size)
+    q.add_argument("--seed", type=int, default=d.seed)
+    q.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
+    q.add_argument("--json", help="also write the result as JSON here")
+    q.set_defaults(func=_bench_sequential)
 
     args = parser.parse_args(argv)
     try:

@@ -100,3 +100,20 @@ def test_cli_refuses_corrupt_or_mismatched_weights(tmp_path, capsys):
     torch.save({"w": torch.zeros(1)}, tmp_path / "other.pt")
     assert main(["bench", "certify", "--weights", str(tmp_path / "other.pt"), "--images", "1"]) == 2
     assert "pass a matching .pt" in capsys.readouterr().err
+
+
+def test_bench_sequential_compares_fixed_and_sequential_on_the_same_images(capsys):
+    # Same images, one engine: the fixed run costs exactly n0 + N per image, the sequential run at
+    # most that; a radius above both caps (5.0 = 20 sigma) is certified by neither.
+    from rsbook.bench import bench_sequential, format_sequential
+
+    cfg = BenchConfig(**{**TINY, "n": 4000, "images": 3})
+    result = bench_sequential(cfg, radii=(0.0, 0.5, 5.0), log=lambda m: None)
+    fixed, seq = result["rows"]
+    assert fixed["forward_passes_per_image"] == cfg.n0 + cfg.n
+    assert seq["forward_passes_per_image"] <= cfg.n0 + cfg.n
+    for r, v in result["certified_accuracy"].items():
+        assert 0 <= v["same_decision"] <= 1
+    assert result["certified_accuracy"]["5"]["sequential"] == 0.0  # above both caps (3.4 sigma at N = 4,000)
+    assert result["meta"]["forward_pass_ratio"] == (cfg.n0 + cfg.n) / seq["forward_passes_per_image"]
+    assert "fewer" in format_sequential(result)

@@ -24,11 +24,13 @@ ANNOUNCE_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class Planned:
-    """One planned certification log: its config, the architecture it certifies and its image count."""
+    """One planned certification log: its config, the architecture it certifies, its image
+    count, and its forward passes per image (``None``: ``n0 + n``; a sequential run's guess)."""
 
     config: Any
     arch: str
     images: int
+    samples: int | None = None
 
 
 def measured_rates(store: ArtifactStore) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
@@ -43,8 +45,8 @@ def measured_rates(store: ArtifactStore) -> tuple[dict[str, float], dict[tuple[s
             continue
         cfg = meta.get("config", {})
         if cfg.get("type") == "CertifyConfig" and meta.get("certify_seconds"):
-            per = cfg["n0"] + cfg["n"]
-            samples.setdefault(cfg["model"]["arch"], []).append(meta["images"] * per / meta["certify_seconds"])
+            drawn = meta.get("forward_passes") or meta["images"] * (cfg["n0"] + cfg["n"])
+            samples.setdefault(cfg["model"]["arch"], []).append(drawn / meta["certify_seconds"])
         elif cfg.get("type") == "TrainConfig" and meta.get("history") and not cfg.get("train_subset"):
             secs = [h["seconds"] for h in meta["history"] if "seconds" in h]
             if secs:
@@ -72,7 +74,7 @@ def announce(store: ArtifactStore, trainings: Sequence[Any], certifications: Seq
             unknown.add(f"training {c.arch} on {c.dataset}")
     samples = 0
     for p in todo_c:
-        n = p.images * (p.config.n0 + p.config.n)
+        n = p.images * (p.samples or p.config.n0 + p.config.n)
         samples += n
         if p.arch in rates:
             total += n / rates[p.arch]

@@ -22,6 +22,7 @@ from scipy.stats import binomtest
 from .bounds import clopper_pearson_lower, clopper_pearson_upper
 from .engine import Engine, Item, as_noise
 from .noise import Noise
+from .sequential import Sequential, SequentialCertificate, certify_sequential
 
 __all__ = [
     "ABSTAIN",
@@ -195,8 +196,7 @@ class Smooth:
             for raw in items:
                 item = raw if isinstance(raw, Item) else Item(*raw)
                 noise = as_noise(item.noise, self.noise, where=f"item {item.key!r}, field 'noise'")
-                if item.c_a is not None and not (isinstance(item.c_a, (int, np.integer)) and 0 <= item.c_a < self.num_classes):
-                    raise ValueError(f"item {item.key!r}, field 'c_a': a class in [0, {self.num_classes}), got {item.c_a!r}")
+                _check_class(item, self.num_classes)
                 sizes = (n0, n) if item.c_a is None else (n,)
                 yield Item((item.key, item.c_a, noise), item.x, item.generator, noise, sizes)
 
@@ -207,6 +207,46 @@ class Smooth:
             else:
                 pred, radius = certificate_given(c_a, counts[0], alpha, noise)
             yield key, pred, radius
+
+    def certify_sequential(
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n_max: int,
+        alpha: float,
+        batch_size: int | None,
+        seq: Sequential | None = None,
+        generator: torch.Generator | None = None,
+        noise: Noise | tuple[str, float] | float | None = None,
+    ) -> SequentialCertificate:
+        """Anytime-valid sequential CERTIFY (:mod:`rsbook.core.sequential`): ``n0`` selection
+        samples, then estimation samples in growing chunks until every radius of ``seq.radii``
+        is decided (or the radius is known to ``seq.precision``), at most ``n_max``.
+
+        Every "certified at r" holds with probability ``>= 1 - alpha``, jointly over the radii
+        and whatever the stopping time. ``seq=None`` decides at Cohen et al.'s table radii.
+        """
+        (out,) = self.certify_sequential_many([Item(None, x, generator, noise)], n0, n_max, alpha, batch_size, seq)
+        return out
+
+    def certify_sequential_many(
+        self,
+        items: Iterable[Item | tuple[Any, torch.Tensor, torch.Generator | None]],
+        n0: int,
+        n_max: int,
+        alpha: float,
+        batch_size: int | None,
+        seq: Sequential | None = None,
+        window: int = 64,
+        ordered: bool = True,
+    ) -> Iterator[SequentialCertificate]:
+        """:meth:`certify_sequential` for a stream of items (an item with ``c_a`` skips the
+        selection); yields one :class:`~rsbook.core.sequential.SequentialCertificate` per item,
+        in input order (``ordered=False``: as each finishes). Up to ``window`` items sample together."""
+        _check_sampling(n0, "n0")
+        _check_sampling(n_max, "n_max")
+        return certify_sequential(self.engine, _checked(items, self.num_classes), n0, n_max, alpha, seq or Sequential(),
+                                  batch_size, self.noise, window, ordered)
 
     def predict(
         self,
@@ -244,6 +284,18 @@ class Smooth:
         noise = self.resolve_noise(noise)
         ((_, counts),) = self.engine.counts([Item(None, x, generator, noise)], (num,), batch_size, planned=num)
         return counts[0]
+
+
+def _check_class(item: Item, num_classes: int) -> None:
+    if item.c_a is not None and not (isinstance(item.c_a, (int, np.integer)) and 0 <= item.c_a < num_classes):
+        raise ValueError(f"item {item.key!r}, field 'c_a': a class in [0, {num_classes}), got {item.c_a!r}")
+
+
+def _checked(items, num_classes: int) -> Iterator[Item]:
+    for raw in items:
+        item = raw if isinstance(raw, Item) else Item(*raw)
+        _check_class(item, num_classes)
+        yield item
 
 
 def _check_sampling(n: int, name: str) -> None:

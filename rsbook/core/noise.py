@@ -62,6 +62,11 @@ class Noise:
         """Radius (in ``self.norm``) certified by a lower bound ``p_lower`` on p_A."""
         raise NotImplementedError
 
+    def required_p(self, radius: np.ndarray | float) -> np.ndarray | float:
+        """The inverse of :meth:`certified_radius`: the ``p`` whose radius is ``radius``
+        (a certificate at ``radius`` needs a lower bound strictly above it)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sigma={self.sigma:g})"
 
@@ -83,6 +88,10 @@ class Gaussian(Noise):
 
     def certified_radius(self, p_lower):
         return self.sigma * norm.ppf(p_lower)
+
+    def required_p(self, radius):
+        p = norm.cdf(np.asarray(radius, dtype=float) / self.sigma)
+        return p if np.ndim(p) else float(p)
 
 
 @dataclass(frozen=True, repr=False)
@@ -113,6 +122,10 @@ class Laplace(Noise):
             r = -self.scale * np.log(2.0 * (1.0 - p))
         return r if r.ndim else float(r)
 
+    def required_p(self, radius):
+        p = 1.0 - 0.5 * np.exp(-np.asarray(radius, dtype=float) / self.scale)
+        return p if p.ndim else float(p)
+
 
 @dataclass(frozen=True, repr=False)
 class Uniform(Noise):
@@ -137,6 +150,10 @@ class Uniform(Noise):
         p = np.asarray(p_lower, dtype=float)
         r = 2.0 * self.half_width * (p - 0.5)
         return r if r.ndim else float(r)
+
+    def required_p(self, radius):
+        p = 0.5 + np.asarray(radius, dtype=float) / (2.0 * self.half_width)
+        return p if p.ndim else float(p)
 
 
 NOISES: dict[str, type[Noise]] = {cls.name: cls for cls in (Gaussian, Laplace, Uniform)}

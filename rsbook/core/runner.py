@@ -6,7 +6,10 @@ the image is certified::
     idx  label  predict  radius  correct  time  noise  sigma
 
 (``predict = -1`` when abstaining; ``time`` in seconds since the previous row; ``noise`` and
-``sigma`` the distribution that image was smoothed with; floats at full precision). Logs
+``sigma`` the distribution that image was smoothed with; floats at full precision). A
+sequential run (:mod:`rsbook.core.sequential`) adds ``samples`` (forward passes of the image,
+selection included), ``lower`` (the confidence sequence's lower bound on ``p_A`` at the stop)
+and one 0/1 column ``cert_<r>`` per decided radius. Logs
 written before the ``noise`` and ``sigma`` columns existed still read (:func:`read_log`).
 A killed run keeps every finished row; the next call skips them and continues. Each image
 draws its noise from its own generator, seeded by ``(seed, idx)``, so a resumed run gives the
@@ -32,12 +35,14 @@ from ..timing import format_duration
 from .certify import Smooth
 from .engine import Item, as_noise
 from .noise import Noise
+from .sequential import Sequential
 
 __all__ = [
     "CertifyConfig",
     "LOG_COLUMNS",
     "LEGACY_LOG_COLUMNS",
     "SELECTIONS",
+    "sequential_columns",
     "certify_dataset",
     "certification_log",
     "clean_classes",
@@ -62,7 +67,8 @@ class CertifyConfig:
 
     ``selection`` is how the class is chosen: ``noise`` (Cohen et al.: ``n0`` separate noisy
     samples) or ``clean`` (the base classifier at the clean input, no selection samples; for
-    deterministic models such as HeatSmoothing's).
+    deterministic models such as HeatSmoothing's). With ``sequential`` set, each image is
+    certified by the anytime-valid sequential procedure and ``n`` is its ``n_max``.
     """
 
     model: Any  # the (frozen dataclass) config of the certified model
@@ -76,6 +82,7 @@ class CertifyConfig:
     seed: int = 0
     precision: str = field(default="fp32", metadata={"key_omits_default": True})  # of the forward pass
     selection: str = field(default="noise", metadata={"key_omits_default": True})
+    sequential: Sequential | None = field(default=None, metadata={"key_omits_default": True})  # then n is n_max
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
@@ -86,6 +93,11 @@ class CertifyConfig:
 def image_generator(seed: int, idx: int, device: torch.device | str) -> torch.Generator:
     """The generator for test image ``idx``: seeded by ``(seed, idx)``, on ``device``."""
     return torch.Generator(device).manual_seed((int(seed) << 32) + int(idx))
+
+
+def sequential_columns(seq: Sequential) -> tuple[str, ...]:
+    """The columns a sequential run adds to :data:`LOG_COLUMNS`."""
+    return ("samples", "lower", *(f"cert_{r:g}" for r in seq.radii))
 
 
 def read_log(path: str | Path, noise: str | None = None, sigma: float | None = None) -> pd.DataFrame:
@@ -99,24 +111,31 @@ def read_log(path: str | Path, noise: str | None = None, sigma: float | None = N
     if cols == LEGACY_LOG_COLUMNS:
         df["noise"] = noise
         df["sigma"] = np.nan if sigma is None else float(sigma)
-    elif cols != LOG_COLUMNS:
-        raise ValueError(f"{path} is not a certification log: columns {list(df.columns)} != {list(LOG_COLUMNS)}")
+    elif cols[: len(LOG_COLUMNS)] != LOG_COLUMNS or not _sequential_extra(cols[len(LOG_COLUMNS):]):
+        raise ValueError(f"{path} is not a certification log: columns {list(df.columns)} != {list(LOG_COLUMNS)} "
+                         "(+ a sequential run's samples, lower, cert_<r>...)")
     return df
 
 
-def _resume_rows(path: Path, legacy_noise: Noise | None) -> set[int]:
+def _sequential_extra(extra: tuple[str, ...]) -> bool:
+    return not extra or (extra[:2] == ("samples", "lower") and all(c.startswith("cert_") for c in extra[2:]))
+
+
+def _resume_rows(path: Path, legacy_noise: Noise | None, header: str = _HEADER) -> set[int]:
     """Indices already in a partial log; truncates a half-written last line.
 
     A partial log in the old six-column format is upgraded in place when the run has a
     single noise (the only kind of run that format could hold).
     """
     if not path.exists() or path.stat().st_size == 0:
-        path.write_text(_HEADER)
+        path.write_text(header)
         return set()
     raw = path.read_bytes()
-    legacy = raw.startswith(_LEGACY_HEADER.encode()) and not raw.startswith(_HEADER.encode())
-    if not (raw.startswith(_HEADER.encode()) or legacy):
-        raise ValueError(f"{path} is not a certification log (bad header); move it away to start over")
+    legacy = header == _HEADER and raw.startswith(_LEGACY_HEADER.encode()) and not raw.startswith(_HEADER.encode())
+    if not (raw.startswith(header.encode()) or legacy):
+        first = raw.split(b"\n", 1)[0].decode(errors="replace")
+        raise ValueError(f"{path} is not a log of this run (its header is {first!r}, this run writes "
+                         f"{header.strip()!r}); move it away to start over")
     cut = raw.rfind(b"\n") + 1
     if cut < len(raw):  # killed in the middle of a row: drop the fragment
         with open(path, "r+b") as f:
@@ -155,6 +174,7 @@ def certify_dataset(
     progress: bool = True,
     noise: NoiseSpec | PerImage | None = None,
     classes: PerImage | None = None,
+    sequential: Sequential | None = None,
 ) -> pd.DataFrame:
     """Certify every image of ``dataset`` into ``log_path``, resuming from rows already there.
 
@@ -164,17 +184,22 @@ def certify_dataset(
         classes: a function / mapping from an image's index to a class given in advance
             (deterministic certification, no selection samples); ``None`` selects with ``n0``
             noisy samples.
+        sequential: certify each image by the anytime-valid sequential procedure
+            (:mod:`rsbook.core.sequential`), with ``n`` as its ``n_max``; the log gets its
+            columns (:func:`sequential_columns`).
 
     Images stream through one :class:`~rsbook.core.engine.Engine` (several share a forward
     batch); each row is written and flushed as soon as its image is done, and its ``time``
-    is the wall time since the previous row. A run planned to take longer than a minute
+    is the wall time since the previous row (a sequential run writes rows as images finish,
+    so its rows may come out of order; the returned log is in dataset order). A run planned to take longer than a minute
     prints its estimated time first. Returns the complete log, ordered as ``dataset``.
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     per_image_noise = callable(noise) or isinstance(noise, Mapping)
     single = None if per_image_noise else smooth.resolve_noise(noise)
-    done = _resume_rows(log_path, single)
+    header = _HEADER if sequential is None else "\t".join((*LOG_COLUMNS, *sequential_columns(sequential))) + "\n"
+    done = _resume_rows(log_path, single, header)
     todo = [i for i in range(len(dataset)) if int(dataset.indices[i]) not in done]
     device = smooth.device
 
@@ -192,25 +217,36 @@ def certify_dataset(
             yield Item((idx, label), x, image_generator(seed, idx, device), used[idx], c_a=c_a)
 
     per = n + (n0 if classes is None else 0)
-    if todo:
+    if todo and sequential is None:
         _print_eta(smooth, tuple(dataset[todo[0]][0].shape), batch_size, len(todo), per)
     bar = tqdm(total=len(todo), desc=f"certify {single!r}" if single else "certify", disable=not progress, mininterval=10, unit="img")
     t_start = t_prev = time.perf_counter()
+    if sequential is None:
+        results = ((key, pred, radius, "") for key, pred, radius in
+                   smooth.certify_many(items(), n0, n, alpha, batch_size, planned_images=len(todo)))
+    else:
+        results = ((c.key, c.prediction, c.radius, _sequential_row(c, n0 if classes is None else 0))
+                   for c in smooth.certify_sequential_many(items(), n0, n, alpha, batch_size, sequential, ordered=False))
+    drawn = 0
     with open(log_path, "a", buffering=1) as f:
-        for k, ((idx, label), pred, radius) in enumerate(
-            smooth.certify_many(items(), n0, n, alpha, batch_size, planned_images=len(todo)), start=1
-        ):
+        for k, ((idx, label), pred, radius, extra) in enumerate(results, start=1):
             now = time.perf_counter()
             nz = used.pop(idx)
-            f.write(f"{idx}\t{label}\t{pred}\t{radius!r}\t{int(pred == label)}\t{now - t_prev!r}\t{nz.name}\t{nz.sigma!r}\n")
+            f.write(f"{idx}\t{label}\t{pred}\t{radius!r}\t{int(pred == label)}\t{now - t_prev!r}\t{nz.name}\t{nz.sigma!r}{extra}\n")
             f.flush()
             os.fsync(f.fileno())
             t_prev = now
+            drawn += per if not extra else int(extra.split("\t")[1])
             bar.update(1)
-            bar.set_postfix_str(f"{k * per / (now - t_start):,.0f} samples/s", refresh=False)
+            bar.set_postfix_str(f"{drawn / (now - t_start):,.0f} samples/s", refresh=False)
     bar.close()
     log = read_log(log_path).set_index("idx").loc[[int(i) for i in dataset.indices]].reset_index()
     return log
+
+
+def _sequential_row(c, selection: int) -> str:
+    """A sequential certificate's extra log fields (each with its leading tab)."""
+    return f"\t{c.samples + selection}\t{c.lower!r}" + "".join(f"\t{int(v)}" for v in c.certified)
 
 
 def _print_eta(smooth: Smooth, shape: tuple[int, ...], batch_size: int | None, images: int, per_image: int) -> None:
@@ -263,9 +299,12 @@ def certification_log(
         partial = work / "log.partial.tsv"
         classes = clean_classes(smooth, dataset) if cfg.selection == "clean" else None
         log = certify_dataset(smooth, dataset, cfg.n0, cfg.n, cfg.alpha, batch_size, partial, cfg.seed, progress,
-                              noise=noise, classes=classes)
+                              noise=noise, classes=classes, sequential=cfg.sequential)
         log.to_csv(out, sep="\t", index=False)
-        return {"images": len(log), "certify_seconds": float(log["time"].sum())}
+        meta = {"images": len(log), "certify_seconds": float(log["time"].sum())}
+        if cfg.sequential is not None:
+            meta["forward_passes"] = int(log["samples"].sum())
+        return meta
 
     path, _ = store.load_or_compute(cfg, compute, "tsv", device=smooth.device)
     return read_log(path, cfg.noise, cfg.sigma)

@@ -20,6 +20,7 @@ from ..book.eta import Planned, announce
 from ..book.profiles import TEMPORARY_PROFILES, artifact_store, check_profile
 from ..data import TEST_SIZES, TRAIN_SIZES
 from ..core.runner import CertifyConfig
+from ..core.sequential import Sequential
 from ..models import for_inference
 from ..training.classifier import TrainConfig, trained_model
 
@@ -73,18 +74,22 @@ class Settings:
     sigmas: tuple[float, ...] = (0.12, 0.25, 0.50, 1.00)
     mnist_sigmas: tuple[float, ...] = (0.25, 0.50, 1.00)
     universal_sigma: float = 1.0  # universal model: sigma_i ~ U(0, universal_sigma)
+    n_max: int = 100_000  # the sequential certifier's cap: the paper's N
+    sequential_sigmas: tuple[float, ...] = (0.25, 0.50)
 
 
 _SETTINGS = {
     # CI: one epoch on 1,000 shipped training images, 20 test images, N = 100
     "smoke": Settings(arch="cnn4", epochs=1, batch_size=128, lr=0.05, schedule="cosine", train_subset=1000,
-                      every=500, n0=10, n=100, grid_every=1000, mnist_epochs=1, mnist_subset=1000, certify_batch=128),
+                      every=500, n0=10, n=100, grid_every=1000, mnist_epochs=1, mnist_subset=1000, certify_batch=128,
+                      n_max=2000),
     # the published book: the 4-conv CNN for 20 epochs, N = 1,000 (MNIST LeNet at lr 0.01 for 5 epochs)
     "cpu": Settings(arch="cnn4", epochs=20, batch_size=256, lr=0.05, schedule="cosine", train_subset=0,
                     every=20, n0=100, n=1000, grid_every=100, mnist_epochs=5, mnist_subset=0),
     # Cohen et al.: ResNet-110, 90 epochs, lr 0.1 x0.1 every 30, N = 100,000
     "paper": Settings(arch="cifar_resnet110", epochs=90, batch_size=256, lr=0.1, schedule="step", train_subset=0,
-                      every=20, n0=100, n=100_000, grid_every=20, mnist_epochs=90, mnist_subset=0),
+                      every=20, n0=100, n=100_000, grid_every=20, mnist_epochs=90, mnist_subset=0,
+                      sequential_sigmas=(0.12, 0.25, 0.50, 1.00)),
 }
 
 
@@ -95,7 +100,7 @@ def settings(profile: str) -> Settings:
     if profile == "dry_run":
         p = _SETTINGS["paper"]
         return dataclasses.replace(p, epochs=1, train_subset=p.batch_size, every=5000, grid_every=5000, n0=10, n=50,
-                                   mnist_epochs=1, mnist_subset=p.mnist_batch_size)
+                                   mnist_epochs=1, mnist_subset=p.mnist_batch_size, n_max=100)
     return _SETTINGS[profile]
 
 
@@ -136,6 +141,16 @@ def certify_config(model: TrainConfig, sigma: float, profile: str, n: int = 0, e
                          every=every or s.every, seed=seed)
 
 
+def sequential_config(model: TrainConfig, sigma: float, profile: str, n_max: int = 0, every: int = 0,
+                      seed: int = 0) -> CertifyConfig:
+    """The anytime-valid sequential certification of ``model`` at ``sigma``: decide at the
+    paper's table radii (:data:`COHEN_RADII`) with at most ``n_max`` (default: the profile's,
+    the paper's N) estimation samples per image."""
+    s = settings(profile)
+    return CertifyConfig(model=model, sigma=sigma, n0=s.n0, n=n_max or s.n_max, alpha=s.alpha, dataset=model.dataset,
+                         every=every or s.every, seed=seed, sequential=SEQUENTIAL)
+
+
 def grid_every(profile: str, every: int = 0) -> int:
     """The test subset of the training-sigma vs smoothing-sigma grid: every ``max(grid_every, every)``-th image."""
     s = settings(profile)
@@ -153,6 +168,9 @@ def planned_work(profile: str, n: int = 0, every: int = 0, seed: int = 0) -> tup
     logs = [(fixed[sg], sg, every) for sg in s.sigmas] + [(uni, sg, every) for sg in s.sigmas]
     logs += [(fixed[a], b, grid) for a in s.sigmas for b in s.sigmas] + [(mnist[sg], sg, every) for sg in s.mnist_sigmas]
     certs = [Planned(certify_config(m, sg, profile, n, k, seed), m.arch, images(m.dataset, k)) for m, sg, k in logs]
+    # sequential runs stop early: plan them at a tenth of n_max per image (A2 measures 1/20 to 1/30)
+    certs += [Planned(sequential_config(fixed[sg], sg, profile, every=every, seed=seed), fixed[sg].arch,
+                      images("cifar10", every), samples=s.n0 + s.n_max // 10) for sg in s.sequential_sigmas]
     return [*fixed.values(), uni, *mnist.values()], certs
 
 
@@ -176,6 +194,9 @@ def cifar_model(sigma: float, profile: str, device: torch.device | str = "cpu", 
 
 COHEN_SOURCE = "Cohen, Rosenfeld & Kolter (2019), CIFAR-10, ResNet-110, N=100,000, alpha=0.001, 500 test images"
 COHEN_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+
+#: The chapter's sequential certifier: decide at the paper's table radii (see :mod:`rsbook.core.sequential`).
+SEQUENTIAL = Sequential(radii=COHEN_RADII)
 
 #: Cohen et al. (2019) CIFAR-10 certified accuracy at r = 0, .25, .5, .75, 1.0, 1.5 per sigma.
 COHEN_CIFAR10: dict[float, dict[float, float]] = {

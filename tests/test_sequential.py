@@ -1,0 +1,193 @@
+"""Anytime-valid sequential certification: the confidence sequence, soundness against a known
+p_A (with a negative control that must fail), power against fixed N, and resume."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import betabinom, binom, norm
+
+from rsbook.core.bounds import clopper_pearson_lower
+from rsbook.core.certify import ABSTAIN, Smooth
+from rsbook.core.engine import Item
+from rsbook.core.noise import Gaussian, Laplace, Uniform
+from rsbook.core.runner import LOG_COLUMNS, certify_dataset, read_log
+from rsbook.core.sequential import BetaBinomialCS, Sequential, checkpoints, naive_stop, required_successes
+
+from conftest import CountingClassifier, ThresholdClassifier
+from test_runner import _dataset
+
+
+def test_wealth_is_the_beta_binomial_bayes_factor():
+    # W_n(p) = P_betabinom(S) / P_binom(S; p): the binomial coefficients cancel (scipy's pmfs).
+    cs = BetaBinomialCS(0.01, 2.0, 0.3)
+    for s, n, p in [(0, 10, 0.3), (7, 10, 0.5), (95, 100, 0.9), (1000, 1000, 0.999)]:
+        want = betabinom.logpmf(s, n, 2.0, 0.3) - binom.logpmf(s, n, p)
+        assert cs.log_wealth(s, n, p) == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+def test_lower_bound_in_closed_form_when_every_sample_agrees():
+    # Uniform prior, S = n: W_n(p) = 1 / ((n + 1) p^n), so L_n = (alpha / (n + 1)) ** (1 / n).
+    cs = BetaBinomialCS(0.001)
+    for n in (1, 10, 1000, 100_000):
+        assert cs.lower(n, n) == pytest.approx((0.001 / (n + 1)) ** (1 / n), rel=1e-9)
+        assert cs.lower(n, n) <= (0.001 / (n + 1)) ** (1 / n)  # rounded down, never up
+    assert cs.upper(0, 50) == pytest.approx(1 - (0.001 / 51) ** (1 / 50), rel=1e-9)
+
+
+def test_the_sequence_is_wider_than_one_clopper_pearson_interval_but_not_by_much():
+    # An anytime bound pays for peeking: it must lie below the fixed-n exact bound, and the
+    # Beta(1, 0.1) prior keeps the price small where every sample agrees.
+    cs = BetaBinomialCS(0.001, 1.0, 0.1)
+    for s, n in [(60, 100), (990, 1000), (10_000, 10_000), (99_900, 100_000)]:
+        assert cs.lower(s, n) < clopper_pearson_lower(s, n, 0.001)
+    assert 1 - cs.lower(10_000, 10_000) < 1.2 * (1 - clopper_pearson_lower(10_000, 10_000, 0.001))
+
+
+def test_noise_thresholds_invert_the_radii():
+    for noise in (Gaussian(0.5), Laplace(0.5), Uniform(0.5)):
+        p = np.array([0.55, 0.8, 0.99])
+        assert np.allclose(noise.required_p(noise.certified_radius(p)), p)
+
+
+def _streams(p: float, runs: int, marks: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Successes of ``runs`` Bernoulli(p) streams at each checkpoint: (runs, len(marks))."""
+    rng = np.random.default_rng(seed)
+    steps = np.diff(np.concatenate([[0], marks]))
+    return np.cumsum(rng.binomial(steps, p, size=(runs, len(marks))), axis=1), marks
+
+
+@pytest.mark.parametrize("p", [0.5, norm.cdf(1.0), norm.cdf(3.0)])
+def test_the_sequence_covers_the_true_mean_at_every_time_at_once(p):
+    # The whole claim: P(exists n: L_n > p) <= alpha. 10,000 runs read at 77 checkpoints to 100,000.
+    alpha, runs = 0.05, 10_000
+    s, n = _streams(p, runs, checkpoints(64, 1.1, 100_000), seed=int(p * 1e6))
+    cs = BetaBinomialCS(alpha, 1.0, 0.1)
+    ever = (cs.lower(s, n[None, :], iters=32) > p).any(axis=1)
+    assert ever.mean() <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+def _smooth(sigma: float, model=None) -> Smooth:
+    return Smooth(model or ThresholdClassifier(0.0), 2, Gaussian(sigma), channels_last=False, compile=False)
+
+
+def _threshold_items(p: float, sigma: float, runs: int, seed: int = 0):
+    # ThresholdClassifier: class 1 iff x_0 > 0, so P(class 1) = Phi(x_0 / sigma) = p exactly.
+    x = torch.full((1, 1, 1), sigma * norm.ppf(p), dtype=torch.float32)
+    return [Item(i, x, torch.Generator().manual_seed(seed * 1_000_003 + i)) for i in range(runs)]
+
+
+def test_certificates_at_the_boundary_are_wrong_at_most_alpha_of_the_time():
+    # The hard case: p_A exactly at the threshold of radius 1 (true robust radius 1.0), so
+    # "certified at 1" is always false. Through the engine and the whole procedure.
+    alpha, runs, sigma = 0.1, 1000, 1.0
+    smooth = _smooth(sigma)
+    seq = Sequential(radii=(0.5, 1.0), first=32, growth=1.2)
+    out = list(smooth.certify_sequential_many(_threshold_items(norm.cdf(1.0), sigma, runs), 10, 2000, alpha, 8192, seq, window=1000))
+    wrong = np.array([c.certified[2] for c in out])
+    assert wrong.mean() <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+    assert np.mean([c.certified[1] for c in out]) > 0.9  # while radius 0.5 (true) is certified
+
+
+def test_negative_control_stopping_when_a_fixed_n_bound_clears_is_not_sound():
+    # The naive rule reads the Clopper-Pearson bound of the current n after every checkpoint and
+    # stops at the first clearance: at the same boundary it is wrong far more often than alpha.
+    alpha, runs, p = 0.05, 1000, norm.cdf(1.0)
+    rng = np.random.default_rng(1)
+    marks = checkpoints(64, 1.1, 10_000)
+    wrong = np.mean([naive_stop(lambda k: rng.binomial(k, p), 10_000, alpha, p, marks) for _ in range(runs)])
+    assert wrong > alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+    s, n = _streams(p, 2000, marks, seed=2)  # the sequence, on the same kind of streams, is not
+    assert (BetaBinomialCS(alpha, 1.0, 0.1).lower(s, n[None, :], iters=40) > p).any(axis=1).mean() <= alpha + 0.015
+
+
+@pytest.mark.parametrize("p, expect", [(0.99, (1, 1, 1, 1, 0)), (0.6, (1, 0, 0, 0, 0))])
+def test_power_against_fixed_n(p, expect):
+    # Radii 0, .5, 1, 2, 3 at sigma = 1: thresholds .5, .69, .84, .977, .9987. With n_max = 100,000
+    # fixed-N CERTIFY decides the same, at 100,000 samples per input; the sequential run needs
+    # a few hundred to a few thousand.
+    sigma, runs, n_max = 1.0, 40, 100_000
+    smooth = _smooth(sigma)
+    seq = Sequential(radii=(0.5, 1.0, 2.0, 3.0))
+    out = list(smooth.certify_sequential_many(_threshold_items(p, sigma, runs, seed=5), 100, n_max, 0.001, 8192, seq))
+    decisions = np.array([c.certified for c in out])
+    assert (decisions == np.array(expect, bool)).mean() >= 0.97
+    samples = np.mean([c.samples for c in out])
+    assert samples < n_max / 20
+    fixed = [smooth.certify(it.x, 100, n_max, 0.001, 8192, generator=torch.Generator().manual_seed(9)) for it in
+             _threshold_items(p, sigma, 2)]
+    for pred, radius in fixed:  # the fixed-N answer at the same radii
+        assert tuple(int(radius >= r) for r in seq.radii) == expect and pred == 1
+
+
+def test_a_radius_above_the_cap_is_decided_before_sampling():
+    # With n_max = 1000 no radius beyond sigma * Phi^-1(L(1000, 1000)) (about 2.4 sigma) can be
+    # certified: the run stops once radius 0 is certified, instead of sampling to n_max.
+    cs = BetaBinomialCS(0.001, 1.0, 0.1)
+    assert required_successes(cs, 1000, norm.cdf(3.0)) is None
+    smooth = _smooth(1.0, ThresholdClassifier(-100.0))  # always class 1
+    c = smooth.certify_sequential(torch.zeros(1, 1, 1), 10, 1000, 0.001, 1000, Sequential(radii=(3.0,)))
+    assert c.certified == (True, False) and c.prediction == 1 and c.samples <= 64
+    # ... and the needed count is where the bound first clears the threshold
+    need = required_successes(cs, 1000, 0.9)
+    assert cs.lower(need, 1000) > 0.9 >= cs.lower(need - 1, 1000)
+
+
+def test_a_given_class_below_one_half_abstains_quickly():
+    # Deterministic certification of class 1 with P(class 1) = Phi(-1) = 0.16: abstain, early.
+    items = _threshold_items(norm.cdf(-1.0), 1.0, 5)
+    out = list(_smooth(1.0).certify_sequential_many([Item(i.key, i.x, i.generator, c_a=1) for i in items], 100, 100_000, 0.001, 4096))
+    for c in out:
+        assert c.prediction == ABSTAIN and c.radius == 0.0 and c.samples < 1_000 and not any(c.certified)
+
+
+def test_estimate_mode_brackets_the_true_radius():
+    # p = Phi(1.5): true radius 1.5 sigma. Stop once the radius is known to 0.1; the reported
+    # radius is a lower bound within about 0.1 of the truth.
+    sigma = 0.5
+    smooth = _smooth(sigma)
+    seq = Sequential(radii=(), precision=0.1)
+    out = list(smooth.certify_sequential_many(_threshold_items(norm.cdf(1.5), sigma, 30, seed=7), 100, 1_000_000, 0.001, 8192, seq))
+    radii = np.array([c.radius for c in out])
+    assert (radii <= 0.75).all() and (radii > 0.75 - 0.15).mean() >= 0.9
+    assert max(c.samples for c in out) < 1_000_000
+
+
+def test_bad_settings_are_refused_with_the_cause():
+    with pytest.raises(ValueError, match="futility"):
+        Sequential(futility=0.0)
+    with pytest.raises(ValueError, match="precision"):
+        Sequential(precision=-1.0)
+    with pytest.raises(ValueError, match="growth"):
+        Sequential(growth=1.0)
+    with pytest.raises(ValueError, match="n_max"):
+        Smooth(ThresholdClassifier(0.0), 2, 0.5).certify_sequential(torch.zeros(1, 1, 1), 10, 0, 0.001, 10)
+
+
+def test_sequential_log_resumes_after_a_kill_with_identical_rows(tmp_path):
+    ds = _dataset()
+    seq = Sequential(radii=(0.1, 0.3), first=16, growth=1.5)
+
+    def smooth(fail_after=None):
+        return Smooth(CountingClassifier(ThresholdClassifier(0.5), fail_after=fail_after), 2, 0.3, channels_last=False, compile=False)
+
+    full = certify_dataset(smooth(), ds, 20, 2000, 0.01, 64, tmp_path / "full.tsv", seed=3, progress=False, sequential=seq)
+    header = (tmp_path / "full.tsv").read_text().splitlines()[0].split("\t")
+    assert tuple(header) == (*LOG_COLUMNS, "samples", "lower", "cert_0", "cert_0.1", "cert_0.3")
+    with pytest.raises(KeyboardInterrupt):
+        certify_dataset(smooth(fail_after=12), ds, 20, 2000, 0.01, 64, tmp_path / "part.tsv", seed=3, progress=False,
+                        sequential=seq)
+    done = len(read_log(tmp_path / "part.tsv"))
+    assert done < len(ds)
+    resumed = certify_dataset(smooth(), ds, 20, 2000, 0.01, 64, tmp_path / "part.tsv", seed=3, progress=False, sequential=seq)
+    cols = [c for c in full.columns if c != "time"]
+    pd.testing.assert_frame_equal(resumed[cols], full[cols])
+    # the decisions agree with the reported bound, and the samples include the selection
+    for _, row in full.iterrows():
+        assert row["samples"] > 20
+        for r in (0.1, 0.3):
+            assert row[f"cert_{r:g}"] == int(row["predict"] != ABSTAIN and row["lower"] > norm.cdf(r / 0.3))
+    with pytest.raises(ValueError, match="header"):  # a plain log is not resumed as a sequential one
+        certify_dataset(smooth(), ds, 20, 200, 0.01, 64, tmp_path / "full.tsv", seed=3, progress=False)
