@@ -129,7 +129,7 @@ def test_chapter_0_plan_is_exactly_its_committed_artifacts():
     committed = {p.stem for p in folder.glob("*config-*.json")}
     planned = {config_key(c) for c in trainings} | {config_key(p.config) for p in certs}
     assert planned == committed
-    assert sum(p.images for p in certs) == (4 + 4) * 500 + 16 * 100 + 3 * 500  # fixed, universal, grid, MNIST
+    assert sum(p.images for p in certs) == (4 + 4) * 500 + 16 * 100 + 3 * 500 + 2 * 500  # fixed, universal, grid, MNIST, sequential
 
 
 def test_announced_time_follows_the_measured_rates(tmp_path, capsys):
