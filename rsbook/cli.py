@@ -64,6 +64,20 @@ def _bench_sequential(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_denoised(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from .bench import DenoisedBenchConfig, bench_denoised, format_denoised, write_json
+
+    names = {f.name for f in fields(DenoisedBenchConfig)}
+    cfg = DenoisedBenchConfig(**{k: v for k, v in vars(args).items() if k in names})
+    result = bench_denoised(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_denoised(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -148,6 +162,24 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
     q.add_argument("--json", help="also write the result as JSON here")
     q.set_defaults(func=_bench_sequential)
+
+    from .bench import DenoisedBenchConfig
+
+    dd = DenoisedBenchConfig()
+    dn = bench.add_parser("denoised", help="denoised certification (chapter 1) vs raw forward and a one-sample loop",
+                          description="The one-step and multi-step denoised classifiers of chapter 1 on the engine: "
+                          "certification samples/s against the raw forward of denoiser + classifier, and the multi-step "
+                          "path against a loop that denoises one noise sample at a time.")
+    for name in ("width", "levels", "steps", "n0", "n", "images", "repeats", "seed", "threads"):
+        dn.add_argument(f"--{name}", type=int, default=getattr(dd, name))
+    dn.add_argument("--sigma", type=float, default=dd.sigma)
+    dn.add_argument("--loop-samples", dest="loop_samples", type=int, default=dd.loop_samples)
+    dn.add_argument("--forward-seconds", dest="forward_seconds", type=float, default=dd.forward_seconds)
+    dn.add_argument("--batch-size", dest="batch_size", type=int, default=dd.batch_size)
+    dn.add_argument("--compile", default=dd.compile, choices=["auto", "on", "off"])
+    dn.add_argument("--device", default=dd.device)
+    dn.add_argument("--json", help="also write the result as JSON here")
+    dn.set_defaults(func=_bench_denoised)
 
     args = parser.parse_args(argv)
     try:

@@ -162,3 +162,16 @@ def test_clean_classes_are_the_base_classifiers_answers_on_clean_images():
     ds = _dataset(12)  # labels: first pixel > 0.5, exactly what ThresholdClassifier(0.5) answers
     got = clean_classes(Smooth(ThresholdClassifier(0.5), 2, 0.3), ds, batch_size=5)
     assert got == {int(i): int(y) for i, y in zip(ds.indices, ds.labels)}
+
+
+def test_chapter_1_plan_is_exactly_its_committed_artifacts():
+    from pathlib import Path
+
+    from rsbook.artifacts import config_key
+    from rsbook.papers import score_denoising
+
+    models, certs = score_denoising.planned_work("cpu")
+    folder = Path(__file__).resolve().parents[1] / "book" / "artifacts" / score_denoising.CHAPTER
+    committed = {p.stem for p in folder.glob("*config-*.json")}
+    planned = {config_key(c) for c in models} | {config_key(p.config) for p in certs}
+    assert planned == committed

@@ -11,11 +11,11 @@ import dataclasses
 import os
 from pathlib import Path
 
-from ..bench import BenchConfig
+from ..bench import BenchConfig, DenoisedBenchConfig
 from ..book.profiles import check_profile, repo_root
 from . import cohen2019
 
-__all__ = ["CHAPTER", "MIXED_SIGMAS", "chapter0_weights", "runs"]
+__all__ = ["CHAPTER", "MIXED_SIGMAS", "chapter0_weights", "runs", "denoised_runs"]
 
 CHAPTER = "benchmark"
 MIXED_SIGMAS = (0.12, 0.25, 0.50, 1.00)  # chapter 0's noise levels, one per image in turn
@@ -65,3 +65,18 @@ def runs(profile: str, device: str = "cpu", seed: int = 0) -> list[BenchConfig]:
 def weights_exist(cfg: BenchConfig) -> bool:
     """Whether a run's weights file is present in this checkout (``random`` needs none)."""
     return cfg.weights == "random" or (repo_root() / Path(cfg.weights)).is_file()
+
+
+def denoised_runs(profile: str, device: str = "cpu", seed: int = 0) -> list[DenoisedBenchConfig]:
+    """The ``rsbook bench denoised`` runs (chapter 1's networks at the profile's sizes and schedule)."""
+    from . import score_denoising
+
+    check_profile(profile)
+    s = score_denoising.settings(profile)
+    base = DenoisedBenchConfig(width=s.score_width, levels=s.anneal.levels, steps=s.anneal.steps, device=device, seed=seed)
+    if profile in ("smoke", "dry_run"):
+        return [dataclasses.replace(base, images=2, n0=10, n=100, repeats=1, forward_seconds=0.1, loop_samples=10, compile="off",
+                                    batch_size=64, classifier="cnn4" if profile == "smoke" else "cifar_resnet110")]
+    if profile == "cpu":
+        return [dataclasses.replace(base, n=1000, images=4, repeats=3)]
+    return [dataclasses.replace(base, classifier="cifar_resnet110", n=10_000, images=4, repeats=3, compile="auto")]
