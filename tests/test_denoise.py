@@ -202,3 +202,59 @@ def test_the_one_step_denoiser_refuses_non_gaussian_noise(tmp_path):
         ch.Method("multi_step", ch.classifier_config("smoke"), ch.score_config("smoke"))
     for nz in (Laplace(0.5), Uniform(0.5)):  # the chapter's l1 radii use the package's noises
         assert nz.norm == "l1"
+
+
+def test_the_imagenet_path_packs_the_folder_loads_the_weights_and_certifies_every_image(tmp_path):
+    import dataclasses
+
+    from rsbook.data import imagenet_subset, load_imagenet
+    from rsbook.papers import score_denoising as ch
+
+    run = ch.synthetic_imagenet(str(tmp_path / "in"), classes=2, per_class=2, resolution=32)
+    data = imagenet_subset(run.root, "val", every=1, resolution=32)
+    folder = load_imagenet(run.root, "val", 32)
+    assert data.name == "imagenet" and len(data) == len(folder) == 4
+    for i in range(4):  # the packed uint8 images are torchvision's transform output, to rounding
+        x, y = folder[i]
+        assert (data[i][0] - x).abs().max() <= 0.5 / 255 + 1e-6 and data[i][1] == y
+    log = ch.imagenet_certification(run, str(tmp_path / "log.tsv"), progress=False)
+    assert list(log["idx"]) == [0, 1, 2, 3] and list(log["label"]) == [0, 0, 1, 1]
+    assert (tmp_path / "log.tsv.json").is_file()
+    with pytest.raises(ValueError, match="different run"):
+        ch.imagenet_certification(dataclasses.replace(run, sigma=0.5), str(tmp_path / "log.tsv"), progress=False)
+
+
+def test_the_imagenet_path_names_a_missing_corrupt_or_mismatched_weights_file(tmp_path):
+    import dataclasses
+
+    from rsbook.papers import score_denoising as ch
+
+    run = ch.synthetic_imagenet(str(tmp_path / "in"), classes=1, per_class=1, resolution=32)
+    with pytest.raises(FileNotFoundError, match="ResNet-50 weights not found"):
+        ch.imagenet_model(dataclasses.replace(run, classifier_weights=str(tmp_path / "nope.pth")))
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pth are not a readable PyTorch state dict"):
+        ch.imagenet_model(dataclasses.replace(run, score_weights=str(tmp_path / "bad.pth")))
+    with pytest.raises(ValueError, match="set score_width to its width"):
+        ch.imagenet_model(dataclasses.replace(run, score_width=16))
+    with pytest.raises(ValueError, match="Gaussian noise only"):
+        dataclasses.replace(run, noise="laplace")
+    with pytest.raises(FileNotFoundError):
+        ch.imagenet_certification(dataclasses.replace(run, root=str(tmp_path / "none")), str(tmp_path / "l.tsv"), progress=False)
+
+
+def test_a_readers_overrides_change_the_certification_and_keep_the_networks():
+    from rsbook.papers import score_denoising as ch
+
+    base = ch.settings("cpu")
+    s = ch.settings("cpu", n=5000, every=50, sigmas="0.3, 0.6")
+    assert (s.n, s.every, s.multi_every, s.sigmas) == (5000, 50, base.multi_every, (0.3, 0.6))
+    assert (s.score_width, s.score_epochs, s.anneal) == (base.score_width, base.score_epochs, base.anneal)
+    m = ch.method("one_step", "cpu")
+    cfg = ch.certify_config(m, "gaussian", 0.3, "cpu", s=s)
+    assert (cfg.n, cfg.every) == (5000, 50) and ch.certify_config(m, "gaussian", 0.3, "cpu").n == base.n
+    _, planned = ch.planned_work("cpu", s=s)
+    assert {p.config.sigma for p in planned if p.config.noise == "gaussian"} == {0.3, 0.6, base.unseen_sigma}
+    for bad in ({"sigmas": "0.25,x"}, {"sigmas": "-0.5"}, {"n": -1}, {"every": 2.5}):
+        with pytest.raises(ValueError):
+            ch.settings("cpu", **bad)

@@ -75,8 +75,9 @@ def denoised_runs(profile: str, device: str = "cpu", seed: int = 0) -> list[Deno
     s = score_denoising.settings(profile)
     base = DenoisedBenchConfig(width=s.score_width, levels=s.anneal.levels, steps=s.anneal.steps, device=device, seed=seed)
     if profile in ("smoke", "dry_run"):
-        return [dataclasses.replace(base, images=2, n0=10, n=100, repeats=1, forward_seconds=0.1, loop_samples=10, compile="off",
-                                    batch_size=64, classifier="cnn4" if profile == "smoke" else "cifar_resnet110")]
+        # dry_run keeps the paper's networks (a width-128 U-Net, L x T = 10 evaluations, ResNet-110), so its batches stay tiny
+        return [dataclasses.replace(base, images=2, n0=4, n=16, repeats=1, forward_seconds=0.1, loop_samples=4, compile="off",
+                                    batch_size=8, classifier="cnn4" if profile == "smoke" else "cifar_resnet110")]
     if profile == "cpu":
         return [dataclasses.replace(base, n=1000, images=4, repeats=3)]
     return [dataclasses.replace(base, classifier="cifar_resnet110", n=10_000, images=4, repeats=3, compile="auto")]

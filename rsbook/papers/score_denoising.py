@@ -59,6 +59,10 @@ __all__ = [
     "TABLE1_SOURCE",
     "TABLE1_RADII",
     "TABLE2",
+    "ImageNetRun",
+    "imagenet_model",
+    "imagenet_certification",
+    "synthetic_imagenet",
 ]
 
 CHAPTER = "01_denoised_smoothing"
@@ -108,16 +112,34 @@ _SETTINGS = {
 }
 
 
-def settings(profile: str) -> Settings:
+def settings(profile: str, n: int = 0, every: int = 0, multi_every: int = 0,
+             sigmas: tuple[float, ...] | str = ()) -> Settings:
     """The settings at ``profile``; ``dry_run`` is ``paper`` with one batch per epoch and one
     epoch, two test images, n0 = 4, N = 16 and its first sigma only (derived, so it cannot
-    drift from ``paper``; the multi-step schedule and the networks are the paper profile's)."""
+    drift from ``paper``; the multi-step schedule and the networks are the paper profile's).
+
+    A reader's rerun overrides the certification: ``n`` samples, every ``every``-th test image
+    (``multi_every`` for the multi-step denoiser), the Gaussian levels ``sigmas`` (a tuple or a
+    comma-separated string, as papermill passes it); 0 or empty keeps the profile's. The
+    networks are unchanged, so the stored ones are reused.
+    """
     check_profile(profile)
+    s = _SETTINGS["paper" if profile == "dry_run" else profile]
     if profile == "dry_run":
-        p = _SETTINGS["paper"]
-        return dataclasses.replace(p, score_epochs=1, dncnn_epochs=1, max_batches=1, train_subset=p.score_batch, every=5000,
-                                   multi_every=5000, n0=4, n=16, sigmas=p.sigmas[:1])
-    return _SETTINGS[profile]
+        s = dataclasses.replace(s, score_epochs=1, dncnn_epochs=1, max_batches=1, train_subset=s.score_batch, every=5000,
+                                multi_every=5000, n0=4, n=16, sigmas=s.sigmas[:1])
+    if isinstance(sigmas, str):
+        try:
+            sigmas = tuple(float(v) for v in sigmas.replace(" ", "").split(",") if v)
+        except ValueError:
+            raise ValueError(f"sigmas must be comma-separated numbers such as '0.25,0.5', got {sigmas!r}") from None
+    for name, v in (("n", n), ("every", every), ("multi_every", multi_every)):
+        if not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be a non-negative integer (0 keeps the profile's), got {v!r}")
+    if any(not (0 < float(v) < float("inf")) for v in sigmas):
+        raise ValueError(f"every sigma must be a positive finite number, got {sigmas}")
+    return dataclasses.replace(s, n=n or s.n, every=every or s.every, multi_every=multi_every or s.multi_every,
+                               sigmas=tuple(float(v) for v in sigmas) or s.sigmas)
 
 
 @lru_cache(maxsize=None)
@@ -196,9 +218,10 @@ def method(kind: str, profile: str, sigma: float = 0.25, noise: str = "gaussian"
 
 
 def certify_config(model: Method | TrainConfig, noise: str, sigma: float, profile: str, every: int = 0, n: int = 0,
-                   seed: int = 0) -> CertifyConfig:
-    """The certification of ``model`` smoothed with ``noise`` at std ``sigma`` at ``profile``."""
-    s = settings(profile)
+                   seed: int = 0, s: Settings | None = None) -> CertifyConfig:
+    """The certification of ``model`` smoothed with ``noise`` at std ``sigma`` at ``profile``
+    (``s``: the profile's settings with a reader's overrides, :func:`settings`)."""
+    s = s or settings(profile)
     if not every:
         every = s.multi_every if isinstance(model, Method) and model.kind == "multi_step" else s.every
     return CertifyConfig(model=model, noise=noise, sigma=sigma, n0=s.n0, n=n or s.n, alpha=s.alpha, dataset="cifar10",
@@ -230,10 +253,11 @@ _SMOOTHS: dict[tuple, Smooth] = {}
 
 def certification(m: Method | TrainConfig, noise: str, sigma: float, profile: str, store: ArtifactStore,
                   device: torch.device | str = "cpu", progress: bool = True, every: int = 0, n: int = 0,
-                  seed: int = 0) -> pd.DataFrame:
+                  seed: int = 0, s: Settings | None = None) -> pd.DataFrame:
     """The certification log of ``m`` smoothed with ``noise`` at std ``sigma`` (loaded, or computed
     resumably through the engine and stored). One :class:`Smooth` per model and noise type."""
-    cfg = certify_config(m, noise, sigma, profile, every, n, seed)
+    s = s or settings(profile)
+    cfg = certify_config(m, noise, sigma, profile, every, n, seed, s)
     key = (config_key(m), noise, str(device))
     if key not in _SMOOTHS:
         conditioned = isinstance(m, Method) and m.noise_conditioned
@@ -242,31 +266,32 @@ def certification(m: Method | TrainConfig, noise: str, sigma: float, profile: st
         _SMOOTHS[key] = Smooth(certified_model(m, noise, store, device, progress), 10, noise_conditioned=conditioned,
                                compile=False if conditioned else None)
     subset = test_subset("cifar10", cfg.every)
-    return certification_log(cfg, _SMOOTHS[key], subset, store, batch_size=settings(profile).certify_batch, progress=progress)
+    return certification_log(cfg, _SMOOTHS[key], subset, store, batch_size=s.certify_batch, progress=progress)
 
 
 def white_box_gaussian_log(sigma: float, profile: str, device: torch.device | str = "cpu", progress: bool = True,
-                           seed: int = 0) -> pd.DataFrame:
+                           seed: int = 0, s: Settings | None = None) -> pd.DataFrame:
     """White-box Gaussian smoothing on this chapter's test images: chapter 0's model for ``sigma``.
 
     Where chapter 0 certifies with this chapter's ``n0``, ``n`` and ``alpha`` (``cpu``), its
     stored log is loaded (computed by chapter 0 if absent) and restricted to this chapter's
     images; otherwise chapter 0's model is certified here at this chapter's settings.
     """
-    s, s0 = settings(profile), cohen2019.settings(profile)
+    s, s0 = s or settings(profile), cohen2019.settings(profile)
     model_cfg = cohen2019.cifar_config(sigma, profile, seed=seed)
     same = (s.n0, s.n, s.alpha) == (s0.n0, s0.n, s0.alpha) and s.every % s0.every == 0
     st = cohen2019.store(profile) if same else store(profile)
-    cfg = cohen2019.certify_config(model_cfg, sigma, profile, seed=seed) if same else certify_config(model_cfg, "gaussian", sigma, profile, seed=seed)
+    cfg = (cohen2019.certify_config(model_cfg, sigma, profile, seed=seed) if same
+           else certify_config(model_cfg, "gaussian", sigma, profile, seed=seed, s=s))
     model = cohen2019.load_model(model_cfg, cohen2019.store(profile), device, progress)
     log = certification_log(cfg, Smooth(model, 10), test_subset("cifar10", cfg.every), st,
                             batch_size=s0.certify_batch if same else s.certify_batch, progress=progress)
     return log[log["idx"] % s.every == 0].reset_index(drop=True)
 
 
-def planned_work(profile: str, seed: int = 0) -> tuple[list, list[Planned]]:
+def planned_work(profile: str, seed: int = 0, s: Settings | None = None) -> tuple[list, list[Planned]]:
     """Every model and certification log the chapter computes, in its order."""
-    s = settings(profile)
+    s = s or settings(profile)
     images = lambda k: -(-TEST_SIZES["cifar10"] // k)  # noqa: E731 -- ceil
     clf = classifier_config(profile, seed)
     white = [white_box_config(nz, s.other_sigma, profile, seed) for nz in ("laplace", "uniform")]
@@ -282,15 +307,15 @@ def planned_work(profile: str, seed: int = 0) -> tuple[list, list[Planned]]:
                   (w, nz, s.other_sigma)]
     planned = []
     for m, nz, sg in certs:
-        cfg = certify_config(m, nz, sg, profile, seed=seed)
+        cfg = certify_config(m, nz, sg, profile, seed=seed, s=s)
         cost = 1 if not isinstance(m, Method) or m.kind == "none" else (1 + (m.anneal.evaluations if m.anneal else 1) * 10)
         planned.append(Planned(cfg, "cnn4" if cost == 1 else f"denoiser x{cost}", images(cfg.every)))
     return models, planned
 
 
-def announce_work(profile: str, store: ArtifactStore, seed: int = 0) -> float | None:
+def announce_work(profile: str, store: ArtifactStore, seed: int = 0, s: Settings | None = None) -> float | None:
     """Print what this chapter run will compute and about how long it takes."""
-    return announce(store, *planned_work(profile, seed), full_train=TRAIN_SIZES)
+    return announce(store, *planned_work(profile, seed, s), full_train=TRAIN_SIZES)
 
 
 # -- published numbers, shown beside ours, never used as ours --------------------------------------
@@ -313,3 +338,131 @@ TABLE2: dict[str, tuple[int, ...]] = {
     "denoised, full access (Salman et al.)": (50, 33, 20, 14, 11, 6),
     "denoised, score network, one-step (the paper)": (56, 41, 30, 24, 17, 11),
 }
+
+
+# -- ImageNet (the paper's Table 2 and Figure 2 d-f): user-supplied data and weights -------------
+
+
+@dataclass(frozen=True)
+class ImageNetRun:
+    """An ImageNet certification as in the paper's Table 2: torchvision's ResNet-50 behind a
+    score-network denoiser, every ``every``-th validation image (100: the usual 500 images).
+
+    ``classifier_weights`` is a state dict of ``torchvision.models.resnet50`` (for example the
+    ``IMAGENET1K_V1`` file, downloaded by the user: nothing here touches the network).
+    ``score_weights`` is a state dict of :class:`~rsbook.denoiser_models.ScoreUNet` of width
+    ``score_width`` trained on ImageNet, e.g. ``train_denoiser(DenoiserConfig(dataset="imagenet",
+    ...), train_set=imagenet_subset(root, "train", every=k))``. ImageNet is not shipped and this
+    path was not run at ImageNet scale for the book (only its ``dry_run`` on a tiny fake folder).
+    """
+
+    root: str
+    classifier_weights: str
+    score_weights: str
+    score_width: int = 128
+    kind: str = "one_step"
+    noise: str = "gaussian"
+    sigma: float = 0.25
+    n0: int = 100
+    n: int = 10_000
+    alpha: float = 0.001
+    every: int = 100
+    resolution: int = 224
+    anneal: Anneal = Anneal(levels=5, steps=2)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("one_step", "multi_step"):
+            raise ValueError(f"kind must be 'one_step' or 'multi_step', got {self.kind!r}")
+        if self.kind == "one_step" and self.noise != "gaussian":
+            raise ValueError(f"the one-step (Tweedie) denoiser is valid for Gaussian noise only, not {self.noise!r}; "
+                             "use kind='multi_step'")
+
+
+def _load_weights(net: nn.Module, path: str, what: str, fix: str) -> None:
+    """Load a state dict into ``net``, or raise an error naming the file, the cause and the fix."""
+    from pathlib import Path
+
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"{what} weights not found at {path!r}: {fix}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- truncated, corrupt or not a torch file
+        raise ValueError(f"{what} weights at {path} are not a readable PyTorch state dict "
+                         f"(corrupt or truncated download?): {type(exc).__name__}: {exc}. {fix}") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"{what} weights at {path} do not fit the network: {first}. {fix}") from exc
+
+
+def imagenet_model(run: ImageNetRun, device: torch.device | str = "cpu") -> nn.Module:
+    """``f(D(y, sigma))`` for ``run``: the ResNet-50 behind the one- or multi-step denoiser."""
+    from ..denoiser_models import ScoreUNet
+    from ..models import build_model
+
+    clf = build_model("resnet50", "imagenet", 1000)
+    _load_weights(clf[1], run.classifier_weights, "ResNet-50",
+                  "pass a state dict of torchvision.models.resnet50 (e.g. torchvision's IMAGENET1K_V1 .pth file)")
+    score = ScoreUNet(3, run.score_width)
+    _load_weights(score, run.score_weights, "score network",
+                  f"pass a ScoreUNet state dict trained on ImageNet, and set score_width to its width (now {run.score_width})")
+    score = score.eval().requires_grad_(False)
+    denoiser = TweedieDenoiser(score) if run.kind == "one_step" else AnnealingDenoiser(score, run.noise, run.anneal)
+    return for_inference(Denoised(denoiser, clf.eval().requires_grad_(False))).to(device)
+
+
+def imagenet_certification(run: ImageNetRun, log_path: str, device: torch.device | str = "cpu",
+                           batch_size: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Certify ``run`` through the engine into ``log_path`` (resumable per image, as every
+    certification of the book), with the run and its provenance in ``<log_path>.json``."""
+    import json
+    from pathlib import Path
+
+    from ..core.runner import certify_dataset
+    from ..data import imagenet_subset
+    from ..provenance import provenance
+
+    model = imagenet_model(run, device)
+    data = imagenet_subset(run.root, "val", run.every, run.resolution)
+    meta = Path(str(log_path) + ".json")
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    if meta.is_file() and Path(log_path).is_file():
+        earlier = json.loads(meta.read_text()).get("run")
+        if earlier != json.loads(json.dumps(dataclasses.asdict(run))):
+            raise ValueError(f"{log_path} holds a certification of a different run ({meta} records it); "
+                             "pass another log_path, or delete both files to start over")
+    meta.write_text(json.dumps({"run": dataclasses.asdict(run), "provenance": provenance(device)}, indent=1) + "\n")
+    smooth = Smooth(model, 1000, noise_conditioned=True, compile=False)
+    return certify_dataset(smooth, data, run.n0, run.n, run.alpha, batch_size, log_path, seed=run.seed,
+                           progress=progress, noise=(run.noise, run.sigma))
+
+
+def synthetic_imagenet(folder: str, classes: int = 2, per_class: int = 2, resolution: int = 64,
+                       score_width: int = 8, seed: int = 0) -> ImageNetRun:
+    """A tiny folder in ImageNet's layout (random JPEGs) and random-weight networks saved beside
+    it: what the ``dry_run`` profile and the tests run the ImageNet path on. Its certificates
+    mean nothing; it exercises loading, packing, the engine and the log."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from ..denoiser_models import ScoreUNet
+    from ..models import build_model
+
+    root = Path(folder)
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / "val" / f"n{c:08d}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (resolution + 16, resolution + 16, 3), dtype=np.uint8)).save(d / f"{i}.JPEG")
+    torch.manual_seed(seed)
+    torch.save(build_model("resnet50", "imagenet", 1000)[1].state_dict(), root / "resnet50.pth")
+    torch.save(ScoreUNet(3, score_width).state_dict(), root / "score.pth")
+    return ImageNetRun(str(root), str(root / "resnet50.pth"), str(root / "score.pth"), score_width=score_width,
+                       resolution=resolution, every=1, n0=4, n=16, seed=seed)
