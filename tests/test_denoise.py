@@ -258,3 +258,17 @@ def test_a_readers_overrides_change_the_certification_and_keep_the_networks():
     for bad in ({"sigmas": "0.25,x"}, {"sigmas": "-0.5"}, {"n": -1}, {"every": 2.5}):
         with pytest.raises(ValueError):
             ch.settings("cpu", **bad)
+
+
+def test_a_readers_rerun_is_announced_with_an_estimate_from_the_committed_rates(capsys):
+    from rsbook.papers import score_denoising as ch
+
+    assert ch.announce_work("cpu", ch.store("cpu")) == 0.0  # the published run: everything is committed
+    s = ch.settings("cpu", n=2000, every=500, multi_every=1000)
+    est = ch.announce_work("cpu", ch.store("cpu"), s=s)
+    out = capsys.readouterr().out
+    # 15 chapter logs (4 of them multi-step, on 10 images; the rest on 20) and 2 white-box logs
+    # (chapter 0 has none at N = 2,000), each image n0 + N = 2,100 samples
+    assert "computes 17 certification logs" in out and "trains 0 models" in out
+    assert f"{(13 * 20 + 4 * 10) * 2100:,} forward passes" in out
+    assert est is not None and est > 60 and "cnn4 behind score_unet x3" in out

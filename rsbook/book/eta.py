@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..artifacts import ArtifactStore
 from ..timing import format_duration
@@ -33,9 +33,18 @@ class Planned:
     samples: int | None = None
 
 
-def measured_rates(store: ArtifactStore) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
-    """``({arch: noise samples/s}, {(arch, dataset): seconds per epoch over the full training set})``
-    from the certification and training artifacts in ``store`` (averaged over artifacts)."""
+def model_arch(model: dict[str, Any]) -> str | None:
+    """The default rate key of a certified model's config: its ``arch`` (``None`` if it has none)."""
+    return model.get("arch")
+
+
+def measured_rates(store: ArtifactStore, rate_key: Callable[[dict[str, Any]], str | None] = model_arch,
+                   ) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
+    """``({key: noise samples/s}, {(arch, dataset): seconds per epoch over the full training set})``
+    from the certification and training artifacts in ``store`` (averaged over artifacts).
+
+    ``rate_key`` maps a certification's stored model config to the key its rate is filed under
+    (the ``arch`` of :class:`Planned`); a model it gives no key for is skipped."""
     samples: dict[str, list[float]] = {}
     epochs: dict[tuple[str, str], list[float]] = {}
     for meta_path in sorted(store.root.glob("*.json")):
@@ -46,8 +55,14 @@ def measured_rates(store: ArtifactStore) -> tuple[dict[str, float], dict[tuple[s
         cfg = meta.get("config", {})
         if cfg.get("type") == "CertifyConfig" and meta.get("certify_seconds"):
             drawn = meta.get("forward_passes") or meta["images"] * (cfg["n0"] + cfg["n"])
-            samples.setdefault(cfg["model"]["arch"], []).append(drawn / meta["certify_seconds"])
+            key = rate_key(cfg.get("model", {}))
+            if key is not None:
+                samples.setdefault(key, []).append(drawn / meta["certify_seconds"])
         elif cfg.get("type") == "TrainConfig" and meta.get("history") and not cfg.get("train_subset"):
+            secs = [h["seconds"] for h in meta["history"] if "seconds" in h]
+            if secs:
+                epochs.setdefault((cfg["arch"], cfg["dataset"]), []).append(sum(secs) / len(secs))
+        elif cfg.get("type") == "DenoiserConfig" and meta.get("history") and not cfg.get("train_subset") and not cfg.get("max_batches"):
             secs = [h["seconds"] for h in meta["history"] if "seconds" in h]
             if secs:
                 epochs.setdefault((cfg["arch"], cfg["dataset"]), []).append(sum(secs) / len(secs))
@@ -56,14 +71,15 @@ def measured_rates(store: ArtifactStore) -> tuple[dict[str, float], dict[tuple[s
 
 
 def announce(store: ArtifactStore, trainings: Sequence[Any], certifications: Sequence[Planned], full_train: dict[str, int],
-             threshold: float = ANNOUNCE_SECONDS) -> float | None:
+             threshold: float = ANNOUNCE_SECONDS, rate_key: Callable[[dict[str, Any]], str | None] = model_arch) -> float | None:
     """Print the work still to do in ``store`` and its estimated time if over ``threshold`` s;
-    returns the estimate (``None`` when a rate is unknown). ``full_train``: training-set sizes."""
+    returns the estimate (``None`` when a rate is unknown). ``full_train``: training-set sizes;
+    ``rate_key``: as in :func:`measured_rates`."""
     todo_t = [c for c in trainings if not store.exists(c, "pt") or store.recompute]
     todo_c = [p for p in certifications if not store.exists(p.config, "tsv") or store.recompute]
     if not todo_t and not todo_c:
         return 0.0
-    rates, epoch_s = measured_rates(store)
+    rates, epoch_s = measured_rates(store, rate_key)
     total, unknown = 0.0, set()
     for c in todo_t:
         key = (c.arch, c.dataset)

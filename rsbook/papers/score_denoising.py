@@ -271,22 +271,31 @@ def certification(m: Method | TrainConfig, noise: str, sigma: float, profile: st
 
 def white_box_gaussian_log(sigma: float, profile: str, device: torch.device | str = "cpu", progress: bool = True,
                            seed: int = 0, s: Settings | None = None) -> pd.DataFrame:
-    """White-box Gaussian smoothing on this chapter's test images: chapter 0's model for ``sigma``.
+    """White-box Gaussian smoothing on this chapter's test images: chapter 0's model for ``sigma``
+    (trained into chapter 0's store first if absent).
 
-    Where chapter 0 certifies with this chapter's ``n0``, ``n`` and ``alpha`` (``cpu``), its
-    stored log is loaded (computed by chapter 0 if absent) and restricted to this chapter's
-    images; otherwise chapter 0's model is certified here at this chapter's settings.
+    Where chapter 0 has a stored log at this chapter's ``n0``, ``n`` and ``alpha`` on a superset
+    of its images (``cpu``), that log is loaded and restricted to this chapter's images;
+    otherwise chapter 0's model is certified here, at this chapter's settings, into this
+    chapter's store.
     """
+    s = s or settings(profile)
+    cfg, st, batch = white_box_gaussian_plan(sigma, profile, seed, s)
+    model = cohen2019.load_model(cfg.model, cohen2019.store(profile), device, progress)
+    log = certification_log(cfg, Smooth(model, 10), test_subset("cifar10", cfg.every), st, batch_size=batch, progress=progress)
+    return log[log["idx"] % s.every == 0].reset_index(drop=True)
+
+
+def white_box_gaussian_plan(sigma: float, profile: str, seed: int = 0,
+                            s: Settings | None = None) -> tuple[CertifyConfig, ArtifactStore, int | None]:
+    """Where :func:`white_box_gaussian_log` gets its log: ``(config, store, batch size)``."""
     s, s0 = s or settings(profile), cohen2019.settings(profile)
     model_cfg = cohen2019.cifar_config(sigma, profile, seed=seed)
-    same = (s.n0, s.n, s.alpha) == (s0.n0, s0.n, s0.alpha) and s.every % s0.every == 0
-    st = cohen2019.store(profile) if same else store(profile)
-    cfg = (cohen2019.certify_config(model_cfg, sigma, profile, seed=seed) if same
-           else certify_config(model_cfg, "gaussian", sigma, profile, seed=seed, s=s))
-    model = cohen2019.load_model(model_cfg, cohen2019.store(profile), device, progress)
-    log = certification_log(cfg, Smooth(model, 10), test_subset("cifar10", cfg.every), st,
-                            batch_size=s0.certify_batch if same else s.certify_batch, progress=progress)
-    return log[log["idx"] % s.every == 0].reset_index(drop=True)
+    if (s.n0, s.n, s.alpha) == (s0.n0, s0.n, s0.alpha) and s.every % s0.every == 0:
+        cfg0 = cohen2019.certify_config(model_cfg, sigma, profile, seed=seed)
+        if cohen2019.store(profile).exists(cfg0, "tsv"):
+            return cfg0, cohen2019.store(profile), s0.certify_batch
+    return certify_config(model_cfg, "gaussian", sigma, profile, seed=seed, s=s), store(profile), s.certify_batch
 
 
 def planned_work(profile: str, seed: int = 0, s: Settings | None = None) -> tuple[list, list[Planned]]:
@@ -308,14 +317,35 @@ def planned_work(profile: str, seed: int = 0, s: Settings | None = None) -> tupl
     planned = []
     for m, nz, sg in certs:
         cfg = certify_config(m, nz, sg, profile, seed=seed, s=s)
-        cost = 1 if not isinstance(m, Method) or m.kind == "none" else (1 + (m.anneal.evaluations if m.anneal else 1) * 10)
-        planned.append(Planned(cfg, "cnn4" if cost == 1 else f"denoiser x{cost}", images(cfg.every)))
+        planned.append(Planned(cfg, rate_key(m), images(cfg.every)))
     return models, planned
+
+
+def rate_key(m: Method | TrainConfig | dict) -> str:
+    """What a certification's speed depends on, as a label: the classifier's architecture, and
+    the denoiser's with its evaluations per sample (a stored config's dict gives the same label)."""
+    d = m if isinstance(m, dict) else dataclasses.asdict(m)
+    if "kind" not in d:
+        return d["arch"]
+    if d["kind"] == "none":
+        return d["classifier"]["arch"]
+    a = d.get("anneal")
+    return f"{d['classifier']['arch']} behind {d['denoiser']['arch']} x{a['levels'] * a['steps'] if a else 1}"
 
 
 def announce_work(profile: str, store: ArtifactStore, seed: int = 0, s: Settings | None = None) -> float | None:
     """Print what this chapter run will compute and about how long it takes."""
-    return announce(store, *planned_work(profile, seed, s), full_train=TRAIN_SIZES)
+    s = s or settings(profile)
+    models, certs = planned_work(profile, seed, s)
+    here = store.root
+    for sg in s.sigmas:  # white-box smoothing: chapter 0's models, certified here where chapter 0 has no log to reuse
+        cfg, st, _ = white_box_gaussian_plan(sg, profile, seed, s)
+        if st.root == here:
+            certs.append(Planned(cfg, rate_key(cfg.model), -(-TEST_SIZES["cifar10"] // cfg.every)))
+        if not cohen2019.store(profile).exists(cfg.model, "pt"):
+            print(f"White-box smoothing at sigma = {sg:g} needs chapter 0's model, which is not stored: it is trained first "
+                  f"({cfg.model.arch}, {cfg.model.epochs} epochs) into chapter 0's store.", flush=True)
+    return announce(store, models, certs, full_train=TRAIN_SIZES, rate_key=rate_key)
 
 
 # -- published numbers, shown beside ours, never used as ours --------------------------------------
