@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import tempfile
@@ -61,6 +63,19 @@ def artifact_store(chapter: str, profile: str, recompute: bool = False) -> Artif
     if profile in TEMPORARY_PROFILES:
         return ArtifactStore(tempfile.mkdtemp(prefix=f"rsbook-{profile}-{chapter}-"))
     return ArtifactStore(artifact_root() / chapter, recompute=recompute)
+
+
+@functools.lru_cache(maxsize=None)
+def _temporary_store(chapter: str, profile: str) -> ArtifactStore:
+    return artifact_store(chapter, profile)
+
+
+def chapter_store(chapter: str, profile: str, recompute: bool = False) -> ArtifactStore:
+    """:func:`artifact_store`, with one temporary folder per process and chapter for ``smoke`` and
+    ``dry_run`` (so that a chapter and the chapters that load its results share it)."""
+    if profile in TEMPORARY_PROFILES:
+        return _temporary_store(chapter, profile)
+    return artifact_store(chapter, profile, recompute=recompute)
 
 
 def resolve_device(device: str = "auto", profile: str | None = None) -> torch.device:

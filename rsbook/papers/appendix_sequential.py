@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from torch import nn
 
 from ..artifacts import ArtifactStore
 from ..bench import BenchConfig
-from ..book.profiles import TEMPORARY_PROFILES, artifact_store, check_profile
+from ..book.profiles import chapter_store, check_profile
 from ..core.bounds import clopper_pearson_lower
 from ..core.certify import Smooth
 from ..core.engine import Item
@@ -68,16 +67,9 @@ def settings(profile: str) -> Settings:
     return _SETTINGS[profile]
 
 
-@lru_cache(maxsize=None)
-def _temporary_store(profile: str) -> ArtifactStore:
-    return artifact_store(CHAPTER, profile)
-
-
 def store(profile: str, recompute: bool = False) -> ArtifactStore:
     """A2's own artifact store (the reference runs)."""
-    if profile in TEMPORARY_PROFILES:
-        return _temporary_store(profile)
-    return artifact_store(CHAPTER, profile, recompute=recompute)
+    return chapter_store(CHAPTER, profile, recompute)
 
 
 def reference_config(sigma: float, profile: str, seed: int = 0) -> CertifyConfig:

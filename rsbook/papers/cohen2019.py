@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
 from ..artifacts import ArtifactStore
 from ..book.eta import Planned, announce
-from ..book.profiles import TEMPORARY_PROFILES, artifact_store, check_profile
+from ..book.profiles import chapter_store, check_profile
 from ..data import TEST_SIZES, TRAIN_SIZES
 from ..core.runner import CertifyConfig
 from ..core.sequential import Sequential
@@ -104,17 +103,10 @@ def settings(profile: str) -> Settings:
     return _SETTINGS[profile]
 
 
-@lru_cache(maxsize=None)
-def _temporary_store(profile: str) -> ArtifactStore:
-    return artifact_store(CHAPTER, profile)
-
-
 def store(profile: str, recompute: bool = False) -> ArtifactStore:
     """Chapter 0's artifact store at ``profile`` (one temporary folder per process for
     ``smoke``/``dry_run``, so other chapters reuse the models trained there)."""
-    if profile in TEMPORARY_PROFILES:
-        return _temporary_store(profile)
-    return artifact_store(CHAPTER, profile, recompute=recompute)
+    return chapter_store(CHAPTER, profile, recompute)
 
 
 def cifar_config(sigma: float, profile: str, mode: str = "fixed", seed: int = 0) -> TrainConfig:

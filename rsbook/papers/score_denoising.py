@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
 
 import pandas as pd
 import torch
@@ -27,7 +26,7 @@ from torch import nn
 
 from ..artifacts import ArtifactStore, config_key
 from ..book.eta import Planned, announce
-from ..book.profiles import TEMPORARY_PROFILES, artifact_store, check_profile
+from ..book.profiles import chapter_store, check_profile
 from ..core.certify import Smooth
 from ..core.runner import CertifyConfig, certification_log
 from ..data import TEST_SIZES, TRAIN_SIZES, test_subset
@@ -142,16 +141,9 @@ def settings(profile: str, n: int = 0, every: int = 0, multi_every: int = 0,
                                sigmas=tuple(float(v) for v in sigmas) or s.sigmas)
 
 
-@lru_cache(maxsize=None)
-def _temporary_store(profile: str) -> ArtifactStore:
-    return artifact_store(CHAPTER, profile)
-
-
 def store(profile: str, recompute: bool = False) -> ArtifactStore:
     """Chapter 1's artifact store at ``profile`` (one temporary folder per process for ``smoke``/``dry_run``)."""
-    if profile in TEMPORARY_PROFILES:
-        return _temporary_store(profile)
-    return artifact_store(CHAPTER, profile, recompute=recompute)
+    return chapter_store(CHAPTER, profile, recompute)
 
 
 def classifier_config(profile: str, seed: int = 0) -> TrainConfig:
