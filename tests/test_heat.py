@@ -1,0 +1,116 @@
+"""Chapter 3's building blocks (HeatSmoothing) against autograd, scipy and foolbox."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import integrate, special, stats
+from torch import nn
+
+from rsbook.methods.attacks import l2_pgd
+from rsbook.methods.heat import HeatSmoothing, jacobian_norm_estimate
+from rsbook.methods.soft import SoftSmoothed, noisy_copies
+from rsbook.training.fit import Batch
+
+
+def _mlp(seed: int = 0, d: int = 6, k: int = 4) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, k)).double()
+
+
+def test_the_jl_finite_difference_penalty_is_the_squared_jacobian_norm_in_expectation():
+    # For w ~ N(0, I/K) and d the normalized gradient of w . v, the difference quotient tends to
+    # ||J^T w||, so each term's expectation is ||J||_F^2 / K; exact J from autograd.
+    v = _mlp()
+    x = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    exact = torch.stack([torch.autograd.functional.jacobian(v, xi).pow(2).sum() for xi in x])
+    kappa, K = 4000, 4
+    est = jacobian_norm_estimate(v, x, kappa=kappa, delta=1e-5, generator=torch.Generator().manual_seed(2))
+    # the mean of kappa i.i.d. terms: relative standard error about sqrt(2 / kappa) at most
+    assert torch.allclose(est * K / kappa, exact, rtol=4 * math.sqrt(2 / kappa))
+    # and a wrong Jacobian (the estimate of a model twice as steep) is told apart
+    steep = nn.Sequential(v, nn.Linear(K, K, bias=False).double())
+    with torch.no_grad():
+        steep[1].weight.copy_(2 * torch.eye(K, dtype=torch.float64))
+    est2 = jacobian_norm_estimate(steep, x, kappa=kappa, delta=1e-5, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(est2 * K / kappa, 4 * exact, rtol=4 * math.sqrt(2 / kappa))
+
+
+def test_the_heat_loss_without_its_penalty_is_the_quadratic_match_to_the_frozen_copy():
+    model = _mlp().float()
+    step = HeatSmoothing(sigma=0.1, epochs_per_timestep=1, timesteps=5, penalty_scale=0.0)
+    step.start_epoch(model, 0)
+    before = copy.deepcopy(model)
+    with torch.no_grad():  # the model moves away from its frozen copy, as during training
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(4))
+    loss, metrics = step(model, Batch(x, torch.zeros(8, dtype=torch.long), torch.arange(8)), torch.Generator().manual_seed(5))
+    expected = 0.5 * (model(x) - before(x)).pow(2).sum(1).mean()
+    loss, expected = float(loss.detach()), float(expected.detach())
+    assert loss == pytest.approx(expected, rel=1e-6) and loss > 0
+    assert metrics["match"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_soft_smoothed_classifier_shares_one_perturbation_and_draws_fresh_noise_each_call():
+    x = torch.rand(2, 3, 4, 4)
+    delta = 0.1 * torch.randn(2, 3, 4, 4)
+    a = noisy_copies(x, 5, "gaussian", 0.25, torch.Generator().manual_seed(0))
+    b = noisy_copies(x + delta, 5, "gaussian", 0.25, torch.Generator().manual_seed(0))
+    assert torch.allclose(b - a, delta.repeat_interleave(5, dim=0), atol=1e-6)  # every copy moves by the same delta
+
+    soft = SoftSmoothed(nn.Sequential(nn.Flatten(), nn.Linear(48, 3)), "gaussian", 0.25, m=4)
+    soft.generator = torch.Generator().manual_seed(0)
+    first, second = soft(x), soft(x)
+    assert not torch.allclose(first, second)  # fresh noise on every call, not one draw reused
+    soft.generator = torch.Generator().manual_seed(0)
+    assert torch.allclose(soft(x), first)  # and reproducible from the generator
+
+
+def test_the_soft_smoothed_classifier_converges_to_the_gaussian_average_of_a_linear_softmax_model():
+    # Two classes with logits (0, w.x + b): G(x)_1 = E[sigmoid(w.(x + eps) + b)], a 1-D Gaussian
+    # integral computed by scipy.
+    class TwoClass(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lin = nn.Linear(5, 1).double()
+
+        def forward(self, z):
+            out = self.lin(z)
+            return torch.cat([torch.zeros_like(out), out], dim=1)
+
+    model = TwoClass().requires_grad_(False)
+    sigma, m = 0.5, 200_000
+    x = torch.tensor([[0.3, -0.2, 0.1, 0.4, -0.5]], dtype=torch.float64)
+    mu = float(model.lin(x))
+    s = sigma * float(model.lin.weight.norm())
+    want = integrate.quad(lambda z: special.expit(z) * stats.norm.pdf(z, mu, s), mu - 12 * s, mu + 12 * s)[0]
+    soft = SoftSmoothed(model, "gaussian", sigma, m=m)
+    soft.generator = torch.Generator().manual_seed(1)
+    got = float(soft(x)[0, 1])
+    se = math.sqrt(want * (1 - want) / m)
+    assert abs(got - want) < 4 * se
+    soft.m = 20  # a few draws are a noisy estimate of the same value
+    spread = np.std([float(soft(x)[0, 1]) for _ in range(50)])
+    assert spread > 5 * se
+
+
+def test_the_in_loop_pgd_takes_the_same_steps_as_foolbox_l2pgd():
+    import foolbox as fb
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).eval()
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    eps, steps = 0.5, 10
+    ours = l2_pgd(lambda z: F.cross_entropy(model(z), y, reduction="sum"), x, eps, steps)
+    attack = fb.attacks.L2PGD(abs_stepsize=2 * eps / steps, steps=steps, random_start=False)
+    _, theirs, _ = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert ((ours - x).flatten(1).norm(dim=1) <= eps + 1e-5).all()
+    assert F.cross_entropy(model(ours), y) > F.cross_entropy(model(x), y)
