@@ -114,3 +114,29 @@ def test_the_in_loop_pgd_takes_the_same_steps_as_foolbox_l2pgd():
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert ((ours - x).flatten(1).norm(dim=1) <= eps + 1e-5).all()
     assert F.cross_entropy(model(ours), y) > F.cross_entropy(model(x), y)
+
+
+def test_the_1d_heat_update_approaches_the_gaussian_average_and_solves_its_variational_problem():
+    from scipy.ndimage import gaussian_filter1d
+
+    from rsbook.methods.heat import adversarial_distance_1d, heat_flow_1d, heat_step_1d
+
+    x = np.linspace(-3, 3, 1201)
+    dx = x[1] - x[0]
+    u0 = np.tanh(4 * x) + 2 * np.exp(-((x + 0.5) ** 2) / (2 * 0.05**2))
+    sigma = 0.3
+    # one step minimizes its discrete energy: the gradient of the energy vanishes at v
+    v = heat_step_1d(u0, dx, sigma, h=0.2)
+    a = 0.5 * 0.2 * sigma**2
+    grad = (v - u0) - a * np.gradient(np.gradient(v, dx), dx)
+    assert np.abs(grad[5:-5]).max() < 1e-2 * np.abs(u0).max()
+    # many steps converge to the Gaussian average (scipy's filter, reflecting ends)
+    want = gaussian_filter1d(u0, sigma / dx, mode="reflect", truncate=8)
+    errors = [np.abs(heat_flow_1d(u0, dx, sigma, t)[-1] - want)[200:-200].max() for t in (5, 50, 500)]
+    assert errors[2] < 0.01 and errors[0] > errors[1] > errors[2]
+    # the outlier at x = -0.5 is classified positive at first, close to a boundary; the flow
+    # flips it and moves it far from any boundary (the paper's Figure 3 and 4 story)
+    assert np.interp(-0.5, x, u0) > 0 and adversarial_distance_1d(x, u0, -0.5) < 0.1
+    last = heat_flow_1d(u0, dx, sigma, 5)[-1]
+    assert np.interp(-0.5, x, last) < 0 and adversarial_distance_1d(x, last, -0.5) > 0.4
+    assert adversarial_distance_1d(x, np.ones_like(x), 0.0) == math.inf

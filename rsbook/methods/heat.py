@@ -26,13 +26,15 @@ The ImageNet variant (their eq. (10)) compares softmax outputs in the first term
 from __future__ import annotations
 
 import copy
+import math
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..training.fit import Batch
 
-__all__ = ["jacobian_norm_estimate", "HeatSmoothing"]
+__all__ = ["jacobian_norm_estimate", "HeatSmoothing", "heat_step_1d", "heat_flow_1d", "adversarial_distance_1d"]
 
 
 def jacobian_norm_estimate(v: nn.Module, x: torch.Tensor, kappa: int = 10, delta: float = 0.1,
@@ -122,3 +124,52 @@ class HeatSmoothing:
         penalty = jacobian_norm_estimate(model, x, self.kappa, self.delta, generator, out)
         loss = (match + self.c * self.sigma**2 / 2 * penalty).mean()
         return loss, {"match": match.mean().item(), "grad_penalty": penalty.mean().item()}
+
+
+# -- the 1-D toy of the paper's Figures 3 and 4: the same update, solved exactly on a grid ---------
+
+
+def heat_step_1d(u: np.ndarray, dx: float, sigma: float, h: float, gamma: float = 0.5) -> np.ndarray:
+    """One exact step of the update on a 1-D grid with uniform data density:
+    ``v = argmin_v  sum 1/2 (v - u)^2 + gamma h sigma^2 / 2 (v')^2``, i.e. the linear system
+    ``v - gamma h sigma^2 v'' = u`` with reflecting ends (an implicit Euler step of the heat
+    equation; ``gamma = 1/2`` makes ``1/h`` steps approach the Gaussian average at ``sigma``).
+
+    ``u`` may hold several functions as columns. Hand-written because no library solves this
+    variational step; the banded solve is scipy's.
+    """
+    from scipy.linalg import solve_banded
+
+    u = np.asarray(u, dtype=float)
+    n = u.shape[0]
+    a = gamma * h * sigma**2 / dx**2
+    diag = np.full(n, 1 + 2 * a)
+    diag[0] = diag[-1] = 1 + a  # reflecting (Neumann) ends
+    bands = np.zeros((3, n))
+    bands[0, 1:] = -a
+    bands[1] = diag
+    bands[2, :-1] = -a
+    return solve_banded((1, 1), bands, u)
+
+
+def heat_flow_1d(u0: np.ndarray, dx: float, sigma: float, timesteps: int, gamma: float = 0.5) -> list[np.ndarray]:
+    """``[f^0, f^1, ..., f^{n_T}]``: ``timesteps`` steps of :func:`heat_step_1d` with ``h = 1 / n_T``."""
+    out = [np.asarray(u0, dtype=float)]
+    for _ in range(timesteps):
+        out.append(heat_step_1d(out[-1], dx, sigma, 1.0 / timesteps, gamma))
+    return out
+
+
+def adversarial_distance_1d(x: np.ndarray, score: np.ndarray, x0: float) -> float:
+    """The distance from ``x0`` to the nearest point where the binary classifier ``sign(score)``
+    changes (linear interpolation between grid points); ``inf`` if it never changes."""
+    s = np.interp(x0, x, score)
+    crossings = []
+    for i in np.nonzero(np.sign(score[:-1]) * np.sign(score[1:]) <= 0)[0]:
+        if score[i] == score[i + 1]:
+            continue
+        t = score[i] / (score[i] - score[i + 1])
+        crossings.append(x[i] + t * (x[i + 1] - x[i]))
+    if s == 0:
+        return 0.0
+    return float(min(abs(c - x0) for c in crossings)) if crossings else math.inf
