@@ -140,3 +140,20 @@ def test_the_1d_heat_update_approaches_the_gaussian_average_and_solves_its_varia
     last = heat_flow_1d(u0, dx, sigma, 5)[-1]
     assert np.interp(-0.5, x, last) < 0 and adversarial_distance_1d(x, last, -0.5) > 0.4
     assert adversarial_distance_1d(x, np.ones_like(x), 0.0) == math.inf
+
+
+def test_the_l_bound_of_an_exact_gaussian_average_never_exceeds_the_true_distance():
+    # A half-space classifier smoothed at sigma has p = (Phi(t), 1 - Phi(t)), t = w.x / (sigma |w|);
+    # its decision boundary is at distance sigma |t|. The L-bound must stay below it, and be tight
+    # to first order at the boundary (slope sqrt(2 / pi) * sqrt(pi / 2) = 1).
+    from rsbook.methods.heat import l_bound
+
+    sigma = 0.25
+    t = torch.linspace(-4, 4, 161, dtype=torch.float64)
+    p = torch.tensor(stats.norm.cdf(t.numpy()))
+    bound = l_bound(torch.stack([p, 1 - p], dim=1), sigma)
+    assert (bound <= sigma * t.abs() + 1e-12).all()
+    near = t.abs() < 0.05
+    assert torch.allclose(bound[near], sigma * t.abs()[near], rtol=1e-3, atol=1e-12)
+    with pytest.raises(ValueError):
+        l_bound(torch.stack([p, 1 - p], dim=1), 0.0)

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..training.fit import Batch
 
-__all__ = ["jacobian_norm_estimate", "HeatSmoothing", "heat_step_1d", "heat_flow_1d", "adversarial_distance_1d"]
+__all__ = ["jacobian_norm_estimate", "HeatSmoothing", "l_bound", "heat_step_1d", "heat_flow_1d", "adversarial_distance_1d"]
 
 
 def jacobian_norm_estimate(v: nn.Module, x: torch.Tensor, kappa: int = 10, delta: float = 0.1,
@@ -124,6 +124,20 @@ class HeatSmoothing:
         penalty = jacobian_norm_estimate(model, x, self.kappa, self.delta, generator, out)
         loss = (match + self.c * self.sigma**2 / 2 * penalty).mean()
         return loss, {"match": match.mean().item(), "grad_penalty": penalty.mean().item()}
+
+
+def l_bound(probs: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The paper's L-bound, ``sigma sqrt(pi/2) (p_(1) - p_(2))`` per row of ``probs`` (class
+    probabilities of a model taken to *be* a Gaussian average at ``sigma``).
+
+    Sound only for the exact Gaussian average, whose probabilities are ``sqrt(2/pi)/sigma``-
+    Lipschitz (Salman et al., Lemma 1); for a trained HeatSmoothing model it is the paper's
+    heuristic, not a certificate.
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    top = probs.topk(2, dim=1).values
+    return sigma * math.sqrt(math.pi / 2) * (top[:, 0] - top[:, 1])
 
 
 # -- the 1-D toy of the paper's Figures 3 and 4: the same update, solved exactly on a grid ---------
