@@ -157,3 +157,34 @@ def test_the_l_bound_of_an_exact_gaussian_average_never_exceeds_the_true_distanc
     assert torch.allclose(bound[near], sigma * t.abs()[near], rtol=1e-3, atol=1e-12)
     with pytest.raises(ValueError):
         l_bound(torch.stack([p, 1 - p], dim=1), 0.0)
+
+
+def test_heat_finetuning_reads_no_labels_leaves_its_base_alone_and_is_stored(tmp_path):
+    import dataclasses
+
+    from rsbook.artifacts import ArtifactStore
+    from rsbook.data import load_train_subset
+    from rsbook.training.classifier import TrainConfig, trained_model
+    from rsbook.training.finetune import HeatConfig, heat_finetune, trained_heat_model
+
+    base_cfg = TrainConfig(sigma=0.0, epochs=1, batch_size=32, lr=0.01, schedule="cosine", train_subset=32)
+    cfg = HeatConfig(base_cfg, sigma=1.0, timesteps=2, epochs_per_timestep=1, kappa=2, batch_size=32, lr=0.1, train_subset=32)
+    base_store, store = ArtifactStore(tmp_path / "base"), ArtifactStore(tmp_path / "heat")
+    base = trained_model(base_cfg, base_store, progress=False)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    data = load_train_subset("cifar10", 32)
+    tuned, history = heat_finetune(cfg, base, data, progress=False)
+    assert len(history) == 2 and all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    moved = max(float((a - before[k]).abs().max()) for k, a in tuned.state_dict().items() if a.is_floating_point())
+    assert moved > 1e-4
+    shuffled = dataclasses.replace(data, labels=data.labels[torch.randperm(32, generator=torch.Generator().manual_seed(0))])
+    again, _ = heat_finetune(cfg, base, shuffled, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), again.state_dict().values()))
+    stored = trained_heat_model(cfg, store, base_store, progress=False)
+    assert store.exists(cfg, "pt") and store.metadata(cfg, "pt")["history"]
+    loaded = trained_heat_model(cfg, store, base_store, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(stored.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(TypeError, match="TrainConfig"):
+        HeatConfig(cfg)
+    with pytest.raises(ValueError):
+        HeatConfig(base_cfg, sigma=0.0)
