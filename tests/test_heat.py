@@ -188,3 +188,26 @@ def test_heat_finetuning_reads_no_labels_leaves_its_base_alone_and_is_stored(tmp
         HeatConfig(cfg)
     with pytest.raises(ValueError):
         HeatConfig(base_cfg, sigma=0.0)
+
+
+def test_foolbox_attacks_the_soft_smoothed_classifier_through_its_log_probabilities():
+    import foolbox as fb
+
+    from rsbook.methods.soft import SoftSmoothedLogits
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()
+    soft = SoftSmoothed(base, "gaussian", 0.25, m=8)
+    logits = SoftSmoothedLogits(soft).eval()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    soft.generator = torch.Generator().manual_seed(2)
+    g = soft(x)
+    soft.generator = torch.Generator().manual_seed(2)
+    assert torch.allclose(torch.softmax(logits(x), 1), g, atol=1e-6)  # softmax(log G) = G
+    soft.generator = None
+    y = base(x).argmax(1)
+    _, adv, _ = fb.attacks.L2PGD(steps=5, random_start=False)(fb.PyTorchModel(logits, bounds=(0, 1)), x, y, epsilons=1.0)
+    assert ((adv - x).flatten(1).norm(dim=1) <= 1.0 + 1e-5).all()
+    soft.m = 4096  # the attack lowered the smoothed probability of the true class (estimated with many draws)
+    p_clean, p_adv = (soft(z).gather(1, y[:, None]).mean() for z in (x, adv))
+    assert p_adv < p_clean

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..core.noise import make_noise
 
-__all__ = ["SoftSmoothed", "noisy_copies"]
+__all__ = ["SoftSmoothed", "SoftSmoothedLogits", "noisy_copies"]
 
 
 def noisy_copies(x: torch.Tensor, m: int, noise: str, sigma: torch.Tensor | float, generator: torch.Generator | None) -> torch.Tensor:
@@ -64,3 +64,17 @@ class SoftSmoothed(nn.Module):
     def log_prob(self, x: torch.Tensor, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
         """``log G(x)``, clamped away from ``log 0``."""
         return self.forward(x, sigma).clamp_min(1e-12).log()
+
+
+class SoftSmoothedLogits(nn.Module):
+    """``log G(x)`` as a logits model, so that attack libraries (foolbox's ``PyTorchModel``, which
+    applies softmax / cross-entropy to logits) attack the soft smoothed classifier itself:
+    ``softmax(log G) = G``. Every call draws fresh noise; all ``m`` copies share the attack's
+    perturbation (eq. (9) of the HeatSmoothing paper)."""
+
+    def __init__(self, soft: SoftSmoothed):
+        super().__init__()
+        self.soft = soft
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.soft.log_prob(x)
