@@ -58,11 +58,8 @@ def measured_rates(store: ArtifactStore, rate_key: Callable[[dict[str, Any]], st
             key = rate_key(cfg.get("model", {}))
             if key is not None:
                 samples.setdefault(key, []).append(drawn / meta["certify_seconds"])
-        elif cfg.get("type") == "TrainConfig" and meta.get("history") and not cfg.get("train_subset"):
-            secs = [h["seconds"] for h in meta["history"] if "seconds" in h]
-            if secs:
-                epochs.setdefault((cfg["arch"], cfg["dataset"]), []).append(sum(secs) / len(secs))
-        elif cfg.get("type") == "DenoiserConfig" and meta.get("history") and not cfg.get("train_subset") and not cfg.get("max_batches"):
+        elif (cfg.get("type") in ("TrainConfig", "DenoiserConfig") and meta.get("history") and not cfg.get("train_subset")
+              and not cfg.get("max_batches")):
             secs = [h["seconds"] for h in meta["history"] if "seconds" in h]
             if secs:
                 epochs.setdefault((cfg["arch"], cfg["dataset"]), []).append(sum(secs) / len(secs))
