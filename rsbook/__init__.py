@@ -6,7 +6,8 @@ Layout (each folder one layer of the architecture):
   certification engine, ``Smooth``, the dataset runner and its metrics, and the published
   reference loop the engine is checked against;
 * :mod:`rsbook.methods` -- one module per method of the book's papers (noise-augmented
-  training, soft smoothing, denoisers, HeatSmoothing, attacks, SmoothAdv, the variational
+  training, soft smoothing, denoisers, HeatSmoothing, attacks and adversarial distances,
+  adversarial training, SmoothAdv, the variational
   noise selector, median smoothing);
 * :mod:`rsbook.training` -- the one resumable training loop and stored models;
 * :mod:`rsbook.papers` -- each chapter's settings per profile, config builders and the

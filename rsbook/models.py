@@ -8,6 +8,8 @@ Every model takes images in [0, 1] (noise already added) and returns logits.
   layers). Paper 4 says only "mainly composed of 4 convolutional layers"; the widths are this
   book's reconstruction. It is the ``cpu``-profile workhorse.
 * ``lenet``: a LeNet-style MNIST CNN (two 5x5 convs with pooling, one 256-unit dense layer).
+* ``cifar_resnet34``: torchvision's ResNet-34 with a CIFAR stem (3x3 stride-1 conv, no
+  max-pool), the HeatSmoothing paper's CIFAR-10 model.
 * ``resnet50``: torchvision's ResNet-50 for ImageNet (random init; no hub download).
 """
 
@@ -18,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["Normalize", "MEANS_STDS", "ARCHS", "build_model", "for_inference", "CNN4", "LeNet", "CifarResNet"]
+__all__ = ["Normalize", "MEANS_STDS", "ARCHS", "build_model", "for_inference", "load_weights", "CNN4", "LeNet", "CifarResNet"]
 
 MEANS_STDS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -124,12 +126,24 @@ def _resnet50(in_channels: int, num_classes: int) -> nn.Module:
     return torchvision.models.resnet50(weights=None, num_classes=num_classes)
 
 
+def _cifar_resnet34(in_channels: int, num_classes: int) -> nn.Module:
+    """torchvision's ResNet-34 with the usual CIFAR stem (3x3 stride-1 first conv, no max-pool),
+    the HeatSmoothing paper's CIFAR-10 architecture."""
+    import torchvision
+
+    net = torchvision.models.resnet34(weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
 ARCHS: dict[str, Callable[[int, int], nn.Module]] = {
     "cnn4": lambda c, k: CNN4(c, k, image_size=28 if c == 1 else 32),
     "lenet": lambda c, k: LeNet(c, k),
     "cifar_resnet20": lambda c, k: CifarResNet(20, c, k),
     "cifar_resnet56": lambda c, k: CifarResNet(56, c, k),
     "cifar_resnet110": lambda c, k: CifarResNet(110, c, k),
+    "cifar_resnet34": _cifar_resnet34,
     "resnet50": _resnet50,
 }
 
@@ -154,3 +168,24 @@ def for_inference(model: nn.Module) -> nn.Module:
     The function computed is unchanged up to floating-point summation order.
     """
     return model.eval().to(memory_format=torch.channels_last)
+
+
+def load_weights(net: nn.Module, path: str, what: str, fix: str) -> None:
+    """Load a user-supplied state dict file into ``net`` (a ``{"state_dict": ...}`` checkpoint too),
+    or raise an error naming the file, the cause and ``fix``."""
+    from pathlib import Path
+
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"{what} weights not found at {path!r}: {fix}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- truncated, corrupt or not a torch file
+        raise ValueError(f"{what} weights at {path} are not a readable PyTorch state dict "
+                         f"(corrupt or truncated download?): {type(exc).__name__}: {exc}. {fix}") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"{what} weights at {path} do not fit the network: {first}. {fix}") from exc

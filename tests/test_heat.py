@@ -185,7 +185,8 @@ def test_heat_finetuning_reads_no_labels_leaves_its_base_alone_and_is_stored(tmp
     loaded = trained_heat_model(cfg, store, base_store, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(stored.state_dict().values(), loaded.state_dict().values()))
     with pytest.raises(TypeError, match="TrainConfig"):
-        HeatConfig(cfg)
+        HeatConfig(base_cfg.__dict__)  # a dict is not a config
+    assert HeatConfig(cfg).base == cfg  # a fine-tuning of a fine-tuning (Table 4's chain) is fine
     with pytest.raises(ValueError):
         HeatConfig(base_cfg, sigma=0.0)
 
@@ -211,3 +212,114 @@ def test_foolbox_attacks_the_soft_smoothed_classifier_through_its_log_probabilit
     soft.m = 4096  # the attack lowered the smoothed probability of the true class (estimated with many draws)
     p_clean, p_adv = (soft(z).gather(1, y[:, None]).mean() for z in (x, adv))
     assert p_adv < p_clean
+
+
+def _linear_classifier(seed: int = 0, d: int = 3 * 8 * 8, k: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    lin = nn.Linear(d, k)
+    with torch.no_grad():
+        lin.weight.mul_(4.0)
+    return nn.Sequential(nn.Flatten(), lin).eval()
+
+
+def _distance_to_boundary(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Closed form for a linear classifier (no box): min over j != y of (z_y - z_j) / ||w_y - w_j||."""
+    lin = model[1]
+    with torch.no_grad():
+        z = model(x)
+    y = z.argmax(1)
+    w = lin.weight.detach()
+    dists = []
+    for i in range(len(x)):
+        others = [j for j in range(z.shape[1]) if j != y[i]]
+        dists.append(min(float((z[i, y[i]] - z[i, j]) / (w[y[i]] - w[j]).norm()) for j in others))
+    return torch.tensor(dists)
+
+
+def test_adversarial_distances_are_never_below_the_true_distance_and_ddn_nearly_reaches_it():
+    from rsbook.methods.distances import adversarial_distances
+
+    model = _linear_classifier()
+    # images in the middle of the box, so that [0, 1] never binds before the boundary
+    x = 0.5 + 0.02 * torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    true = _distance_to_boundary(model, x)
+    assert (true < 0.4).all()  # well inside eps = 4 and far from the box
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    d_pgd, adv_pgd = adversarial_distances(model, "pgd", x, y, eps=4.0, steps=20)
+    d_ddn, adv_ddn = adversarial_distances(model, "ddn", x, y, eps=4.0, steps=100)
+    with torch.no_grad():
+        assert (model(adv_pgd).argmax(1) != y).all() and (model(adv_ddn).argmax(1) != y).all()
+    assert torch.allclose(d_pgd, (adv_pgd - x).flatten(1).norm(dim=1), atol=1e-5)
+    # a misclassified point can never be closer than the boundary
+    assert (d_pgd >= true - 1e-4).all() and (d_ddn >= true - 1e-4).all()
+    # PGD moves 2 eps / steps = 0.4 per step: its first misclassified iterate is within one step
+    assert (d_pgd <= true + 0.4 + 1e-4).all()
+    # DDN converges to the minimal perturbation
+    assert (d_ddn <= true * 1.1 + 1e-3).all()
+    # a wrong label gives distance 0 (the clean image is already misclassified)
+    d0, _ = adversarial_distances(model, "ddn", x[:2], (y[:2] + 1) % 3, eps=4.0, steps=5)
+    assert (d0 == 0).all()
+    with pytest.raises(ValueError, match="attack must be one of"):
+        adversarial_distances(model, "fgsm", x, y)
+
+
+def test_pgd_adversarial_training_takes_the_closed_form_worst_case_loss_of_a_linear_model():
+    from rsbook.methods.adversarial import PGDAdversarialTraining
+
+    model = _linear_classifier(k=2)
+    lin = model[1]
+    x = 0.5 + 0.01 * torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    eps = 0.05
+    loss, metrics = PGDAdversarialTraining(eps=eps, steps=10)(model, Batch(x, y, torch.arange(6)), torch.Generator())
+    # the worst case in the l2 ball lowers the margin z_y - z_other by eps * ||w_y - w_other||
+    with torch.no_grad():
+        z = model(x)
+        margin = z.gather(1, y[:, None])[:, 0] - z.gather(1, (1 - y)[:, None])[:, 0]
+        worst = margin - eps * (lin.weight[0] - lin.weight[1]).norm()
+        want = F.softplus(-worst).mean()  # two-class cross-entropy at the worst margin
+    assert loss.item() == pytest.approx(want.item(), rel=1e-4)
+    assert model.training  # the step hands the model back in training mode
+    with pytest.raises(ValueError):
+        PGDAdversarialTraining(eps=0.0)
+
+
+def test_the_chapter_certifies_deterministic_models_without_selection_samples():
+    from rsbook.core.certify import Smooth
+    from rsbook.core.runner import certification_log
+    from rsbook.data import test_subset
+    from rsbook.papers import heat_smoothing as ch
+
+    for name in ch.MODELS:
+        assert (ch.certify_config(name, "cpu").selection == "clean") == (name in ch.DETERMINISTIC)
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = 0
+            self.lin = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+
+        def forward(self, x):
+            self.seen += x.shape[0]
+            return self.lin(x)
+
+    import dataclasses
+    import tempfile
+
+    from rsbook.artifacts import ArtifactStore
+
+    data = test_subset("cifar10", 2000)
+    for selection in ("clean", "noise"):
+        net = Counting().eval()
+        cfg = dataclasses.replace(ch.certify_config("heat", "cpu"), n0=30, n=50, every=2000, selection=selection)
+        with tempfile.TemporaryDirectory() as tmp:
+            log = certification_log(cfg, Smooth(net, 10, compile=False), data, ArtifactStore(tmp), progress=False)
+        per_image = 50 + (30 if selection == "noise" else 0)
+        # clean selection: one clean forward pass per image, and no noisy selection samples
+        assert net.seen == len(data) * per_image + (len(data) if selection == "clean" else 0)
+        with torch.no_grad():
+            clean = net.lin(torch.stack([data[i][0] for i in range(len(data))])).argmax(1).numpy()
+        pred = log["predict"].to_numpy()
+        if selection == "clean":  # the certified class, where not abstaining, is the clean input's
+            assert (pred[pred >= 0] == clean[pred >= 0]).all()

@@ -175,3 +175,19 @@ def test_chapter_1_plan_is_exactly_its_committed_artifacts():
     committed = {p.stem for p in folder.glob("*config-*.json")}
     planned = {config_key(c) for c in models} | {config_key(p.config) for p in certs}
     assert planned == committed
+
+
+def test_chapter_3_plan_is_exactly_its_committed_artifacts():
+    # the baseline is chapter 1's committed classifier; everything else the chapter computes is in its own folder
+    from pathlib import Path
+
+    from rsbook.artifacts import config_key
+    from rsbook.papers import heat_smoothing, score_denoising
+
+    models, certs, attacks = heat_smoothing.planned_work("cpu")
+    root = Path(__file__).resolve().parents[1] / "book" / "artifacts"
+    committed = {p.stem for p in (root / heat_smoothing.CHAPTER).glob("*config-*.json")}
+    baseline = config_key(heat_smoothing.model_config("baseline", "cpu"))
+    assert (root / score_denoising.CHAPTER / f"{baseline}.pt").is_file()
+    planned = {config_key(c) for c in models} | {config_key(p.config) for p in certs} | {config_key(a) for a in attacks}
+    assert planned - {baseline} == committed

@@ -186,6 +186,24 @@ def test_a_damaged_checkpoint_names_itself_and_the_fix(tmp_path):
             data=_mnist_like(), progress=False)
 
 
+def test_a_diverging_run_stops_with_the_cause_and_keeps_its_last_epoch(tmp_path):
+    calls = []
+
+    def step(model, batch, generator):  # a loss that turns to NaN at the 10th batch (epoch 2 of 8 batches each)
+        calls.append(1)
+        loss = model(batch.x).pow(2).mean()
+        return (loss * float("nan") if len(calls) == 10 else loss), {}
+
+    with pytest.raises(FloatingPointError, match=r"epoch 2, batch 2: the run diverged \(epoch 1 is kept in the checkpoint.*"
+                                                 r"Lower the learning rate \(now 0.5\)"):
+        fit(_tiny(), step, FitConfig(epochs=3, batch_size=8, lr=0.5, schedule="constant"), tmp_path, data=_mnist_like(),
+            progress=False)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    with pytest.raises(FloatingPointError, match="no epoch was kept"):  # without a work folder
+        calls.clear()
+        fit(_tiny(), step, FitConfig(epochs=1, batch_size=4, lr=0.5), None, data=_mnist_like(), progress=False)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="sigma_mode"):
         TrainConfig(sigma_mode="per-sample")

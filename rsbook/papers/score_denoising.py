@@ -31,7 +31,7 @@ from ..core.certify import Smooth
 from ..core.runner import CertifyConfig, certification_log
 from ..data import TEST_SIZES, TRAIN_SIZES, test_subset
 from ..methods.denoise import Anneal, AnnealingDenoiser, Denoised, TweedieDenoiser
-from ..models import for_inference
+from ..models import for_inference, load_weights
 from ..training.classifier import TrainConfig, trained_model
 from ..training.denoiser import DenoiserConfig, trained_denoiser
 from . import cohen2019
@@ -401,36 +401,16 @@ class ImageNetRun:
                              "use kind='multi_step'")
 
 
-def _load_weights(net: nn.Module, path: str, what: str, fix: str) -> None:
-    """Load a state dict into ``net``, or raise an error naming the file, the cause and the fix."""
-    from pathlib import Path
-
-    if not path or not Path(path).is_file():
-        raise FileNotFoundError(f"{what} weights not found at {path!r}: {fix}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- truncated, corrupt or not a torch file
-        raise ValueError(f"{what} weights at {path} are not a readable PyTorch state dict "
-                         f"(corrupt or truncated download?): {type(exc).__name__}: {exc}. {fix}") from exc
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    try:
-        net.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ValueError(f"{what} weights at {path} do not fit the network: {first}. {fix}") from exc
-
-
 def imagenet_model(run: ImageNetRun, device: torch.device | str = "cpu") -> nn.Module:
     """``f(D(y, sigma))`` for ``run``: the ResNet-50 behind the one- or multi-step denoiser."""
     from ..denoiser_models import ScoreUNet
     from ..models import build_model
 
     clf = build_model("resnet50", "imagenet", 1000)
-    _load_weights(clf[1], run.classifier_weights, "ResNet-50",
+    load_weights(clf[1], run.classifier_weights, "ResNet-50",
                   "pass a state dict of torchvision.models.resnet50 (e.g. torchvision's IMAGENET1K_V1 .pth file)")
     score = ScoreUNet(3, run.score_width)
-    _load_weights(score, run.score_weights, "score network",
+    load_weights(score, run.score_weights, "score network",
                   f"pass a ScoreUNet state dict trained on ImageNet, and set score_width to its width (now {run.score_width})")
     score = score.eval().requires_grad_(False)
     denoiser = TweedieDenoiser(score) if run.kind == "one_step" else AnnealingDenoiser(score, run.noise, run.anneal)
@@ -464,7 +444,7 @@ def imagenet_certification(run: ImageNetRun, log_path: str, device: torch.device
 
 
 def synthetic_imagenet(folder: str, classes: int = 2, per_class: int = 2, resolution: int = 64,
-                       score_width: int = 8, seed: int = 0) -> ImageNetRun:
+                       score_width: int = 8, seed: int = 0, splits: tuple[str, ...] = ("val",)) -> ImageNetRun:
     """A tiny folder in ImageNet's layout (random JPEGs) and random-weight networks saved beside
     it: what the ``dry_run`` profile and the tests run the ImageNet path on. Its certificates
     mean nothing; it exercises loading, packing, the engine and the log."""
@@ -478,11 +458,12 @@ def synthetic_imagenet(folder: str, classes: int = 2, per_class: int = 2, resolu
 
     root = Path(folder)
     rng = np.random.default_rng(seed)
-    for c in range(classes):
-        d = root / "val" / f"n{c:08d}"
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (resolution + 16, resolution + 16, 3), dtype=np.uint8)).save(d / f"{i}.JPEG")
+    for split in splits:
+        for c in range(classes):
+            d = root / split / f"n{c:08d}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (resolution + 16, resolution + 16, 3), dtype=np.uint8)).save(d / f"{i}.JPEG")
     torch.manual_seed(seed)
     torch.save(build_model("resnet50", "imagenet", 1000)[1].state_dict(), root / "resnet50.pth")
     torch.save(ScoreUNet(3, score_width).state_dict(), root / "score.pth")

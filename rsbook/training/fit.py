@@ -166,6 +166,12 @@ def fit(
             if fmt is not None and x.dim() == 4:
                 x = x.contiguous(memory_format=fmt)
             loss, metrics = step(model, Batch(x, y, index), noise_gen)
+            if not torch.isfinite(loss.detach()):
+                done = history[-1]["epoch"] if history else 0
+                kept = f"epoch {done} is kept in the checkpoint" if done and ckpt is not None else "no epoch was kept"
+                raise FloatingPointError(
+                    f"{desc or type(model).__name__}: the training loss is {float(loss.detach())} at epoch {epoch + 1}, batch "
+                    f"{b + 1}: the run diverged ({kept}; nothing was stored). Lower the learning rate (now {config.lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
