@@ -165,7 +165,7 @@ def test_heat_finetuning_reads_no_labels_leaves_its_base_alone_and_is_stored(tmp
     from rsbook.artifacts import ArtifactStore
     from rsbook.data import load_train_subset
     from rsbook.training.classifier import TrainConfig, trained_model
-    from rsbook.training.finetune import HeatConfig, heat_finetune, trained_heat_model
+    from rsbook.training.finetune import HeatConfig, finetune, trained_heat_model
 
     base_cfg = TrainConfig(sigma=0.0, epochs=1, batch_size=32, lr=0.01, schedule="cosine", train_subset=32)
     cfg = HeatConfig(base_cfg, sigma=1.0, timesteps=2, epochs_per_timestep=1, kappa=2, batch_size=32, lr=0.1, train_subset=32)
@@ -173,12 +173,12 @@ def test_heat_finetuning_reads_no_labels_leaves_its_base_alone_and_is_stored(tmp
     base = trained_model(base_cfg, base_store, progress=False)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     data = load_train_subset("cifar10", 32)
-    tuned, history = heat_finetune(cfg, base, data, progress=False)
+    tuned, history = finetune(cfg, base, data, progress=False)
     assert len(history) == 2 and all(torch.equal(before[k], v) for k, v in base.state_dict().items())
     moved = max(float((a - before[k]).abs().max()) for k, a in tuned.state_dict().items() if a.is_floating_point())
     assert moved > 1e-4
     shuffled = dataclasses.replace(data, labels=data.labels[torch.randperm(32, generator=torch.Generator().manual_seed(0))])
-    again, _ = heat_finetune(cfg, base, shuffled, progress=False)
+    again, _ = finetune(cfg, base, shuffled, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), again.state_dict().values()))
     stored = trained_heat_model(cfg, store, base_store, progress=False)
     assert store.exists(cfg, "pt") and store.metadata(cfg, "pt")["history"]

@@ -204,8 +204,9 @@ def training_summary(profile: str, seed: int = 0) -> pd.DataFrame:
         if not st.exists(cfg, "pt"):
             continue
         hist = st.metadata(cfg, "pt").get("history") or [{}]
-        start = {TrainConfig: "random init"}.get(type(cfg)) or next(k for k in MODELS if model_config(k, profile, seed) == cfg.base)
-        rows.append({"model": LABELS[name], "starts from": start if start == "random init" else LABELS[start],
+        start = ("random init" if isinstance(cfg, TrainConfig)
+                 else LABELS[next(k for k in MODELS if model_config(k, profile, seed) == cfg.base)])
+        rows.append({"model": LABELS[name], "starts from": start,
                      "training": type(cfg).__name__ if not isinstance(cfg, AdvConfig) else f"AdvConfig ({cfg.method})",
                      "images per epoch": cfg.train_subset or TRAIN_SIZES["cifar10"], "epochs": len(hist),
                      "seconds": sum(h.get("seconds", 0.0) for h in hist),
@@ -353,7 +354,7 @@ def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, dev
         found = torch.isfinite(dist)
         pred = np.full(len(idx), -2)  # -2: no adversarial point found
         if found.any():
-            pred[found.cpu().numpy()] = deployed(adv[found], k + 1) if cfg.stochastic else deployed(adv[found], 0)
+            pred[found.cpu().numpy()] = deployed(adv[found], k + 1)
         out[f"{name}_deployed"] = pred
     return out
 

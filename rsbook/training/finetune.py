@@ -26,7 +26,7 @@ from ..data import ImageDataset, load_train_subset
 from .classifier import TrainConfig, _build
 from .fit import FitConfig, fit, load_or_fit
 
-__all__ = ["HeatConfig", "AdvConfig", "ADV_METHODS", "root_config", "heat_finetune", "adv_finetune", "finetune",
+__all__ = ["HeatConfig", "AdvConfig", "ADV_METHODS", "root_config", "finetune",
            "trained_heat_model", "trained_finetuned"]
 
 ADV_METHODS = ("smoothadv", "pgd")
@@ -154,10 +154,6 @@ def finetune(
     what = f"heat sigma={cfg.sigma:g}" if isinstance(cfg, HeatConfig) else f"{cfg.method} eps={cfg.eps:g}"
     return fit(model, cfg.step(), cfg.fit_config, work_dir, data=train_set, device=device, progress=progress,
                desc=f"{root.arch} {what}")
-
-
-heat_finetune = finetune
-adv_finetune = finetune
 
 
 def trained_finetuned(
