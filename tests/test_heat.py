@@ -323,3 +323,36 @@ def test_the_chapter_certifies_deterministic_models_without_selection_samples():
         pred = log["predict"].to_numpy()
         if selection == "clean":  # the certified class, where not abstaining, is the clean input's
             assert (pred[pred >= 0] == clean[pred >= 0]).all()
+
+
+def test_chapter_3_announces_fine_tunings_and_attack_logs_at_the_measured_rates(tmp_path, monkeypatch, capsys):
+    import json
+
+    from rsbook.artifacts import ArtifactStore
+    from rsbook.papers import heat_smoothing as ch
+
+    monkeypatch.setattr(ch, "store", lambda profile, recompute=False: ArtifactStore(tmp_path))
+    s = ch.settings("cpu")
+    cnn = {"arch": "cnn4", "dataset": "cifar10"}
+    metas = {  # stored evidence: seconds per training image 0.05 (heat), 0.01 (SmoothAdv), 0.007 (PGD); per test image 6 / 0.1
+        "heatconfig-a": {"type": "HeatConfig", "base": cnn, "kappa": 10, "timesteps": 5, "train_subset": 1000,
+                         "history": [{"seconds": 50.0}] * 2},
+        "advconfig-b": {"type": "AdvConfig", "base": cnn, "method": "smoothadv", "steps": 4, "m": 1, "train_subset": 0,
+                        "history": [{"seconds": 500.0}]},
+        "advconfig-c": {"type": "AdvConfig", "base": cnn, "method": "pgd", "steps": 4, "m": 1, "train_subset": 0,
+                        "history": [{"seconds": 350.0}]},
+        "robustnessconfig-d": {"type": "RobustnessConfig", "model": cnn, "stochastic": True, "attack_m": 32, "steps": 20,
+                               "audit_n": 1000, "images": 10, "seconds": 60.0},
+        "robustnessconfig-e": {"type": "RobustnessConfig", "model": cnn, "stochastic": False, "attack_m": 32, "steps": 20,
+                               "audit_n": 1000, "images": 10, "seconds": 1.0},
+    }
+    for name, cfg in metas.items():
+        extra = {k: cfg.pop(k) for k in ("history", "images", "seconds") if k in cfg}
+        (tmp_path / f"{name}.json").write_text(json.dumps({"config": cfg, **extra}))
+    ch.announce_work("cpu")
+    out = capsys.readouterr().out
+    heat = 0.05 * (10_000 * 5 + 10_000 * 1)  # HeatSmoothing (5 timesteps) and Table 4's pass, 10,000 images each
+    adv = 0.01 * 50_000 + 0.007 * 50_000  # one epoch each
+    attacks = 100 * (2 * 6.0 + 2 * 0.1)  # two stochastic and two deterministic models, 100 images
+    minutes = round((heat + adv + attacks) / 60)
+    assert f"4 fine-tunings and 4 attack logs (PGD and DDN, 100 images each): about {minutes} min" in out, out

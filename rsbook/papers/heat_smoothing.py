@@ -418,20 +418,73 @@ def planned_work(profile: str, seed: int = 0, s: Settings | None = None) -> tupl
     return models, certs, attacks
 
 
+def _root(d: dict) -> dict:
+    while "base" in d:
+        d = d["base"]
+    return d
+
+
+def _finetune_kind(d: dict) -> str:
+    """What a fine-tuning's cost per image depends on (besides the architecture), as a label."""
+    if "timesteps" in d:
+        return f"heat kappa={d['kappa']}"
+    return f"{d['method']} steps={d['steps']} m={d.get('m', 1) if d['method'] == 'smoothadv' else 1}"
+
+
+def _measured_seconds(st: ArtifactStore) -> tuple[dict[tuple, float], dict[tuple, float]]:
+    """Seconds per training image of the stored fine-tunings, and per test image of the stored
+    attack logs, keyed by what their cost depends on (averaged over artifacts)."""
+    import json
+
+    tune: dict[tuple, list[float]] = {}
+    attack: dict[tuple, list[float]] = {}
+    for meta_path in sorted(st.root.glob("*.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        cfg = meta.get("config", {})
+        if cfg.get("type") in ("HeatConfig", "AdvConfig") and meta.get("history") and not cfg.get("max_batches"):
+            images = (cfg.get("train_subset") or TRAIN_SIZES[_root(cfg)["dataset"]]) * len(meta["history"])
+            key = (_root(cfg)["arch"], _finetune_kind(cfg))
+            tune.setdefault(key, []).append(sum(h.get("seconds", 0.0) for h in meta["history"]) / images)
+        elif cfg.get("type") == "RobustnessConfig" and meta.get("images"):
+            key = (_root(cfg["model"])["arch"], cfg["stochastic"], cfg["attack_m"], cfg["steps"], cfg["audit_n"])
+            attack.setdefault(key, []).append(meta["seconds"] / meta["images"])
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    return {k: mean(v) for k, v in tune.items()}, {k: mean(v) for k, v in attack.items()}
+
+
 def announce_work(profile: str, seed: int = 0, s: Settings | None = None) -> float | None:
-    """Print what this chapter run will compute and about how long it takes (the fine-tunings and
-    attack logs still to compute are listed; their time is not estimated)."""
+    """Print what this chapter run will compute and about how long it takes: the fine-tunings and
+    attack logs at the rates measured for the stored ones (or that none was measured), then the
+    trainings and certifications through :func:`rsbook.book.eta.announce`. Returns the latter's estimate."""
+    from ..timing import format_duration
+
     s = s or settings(profile)
     models, certs, attacks = planned_work(profile, seed, s)
     todo = [m for m in models if not _store_of(m, profile).exists(m, "pt")]
     plain = [m for m in todo if isinstance(m, TrainConfig)]
     fine = [m for m in todo if not isinstance(m, TrainConfig)]
-    if fine:
-        print(f"Not stored yet, trained first: {len(fine)} fine-tunings "
-              f"({', '.join(type(m).__name__ for m in fine)}); see the chapter's budget for their cost.", flush=True)
     left = [a for a in attacks if not store(profile).exists(a, "tsv")]
-    if left:
-        print(f"Not stored yet: {len(left)} attack logs ({len(left)} models x PGD and DDN).", flush=True)
+    tune_rate, attack_rate = _measured_seconds(store(profile))
+    total, unknown = 0.0, []
+    for m in fine:
+        d = dataclasses.asdict(m)
+        rate = tune_rate.get((_root(d)["arch"], _finetune_kind(d)))
+        images = (m.train_subset or TRAIN_SIZES["cifar10"]) * m.fit_config.epochs
+        total += rate * images if rate else 0.0
+        unknown += [] if rate else [type(m).__name__]
+    images = -(-TEST_SIZES["cifar10"] // s.every)
+    for a in left:
+        rate = attack_rate.get((_root(dataclasses.asdict(a.model))["arch"], a.stochastic, a.attack_m, a.steps, a.audit_n))
+        total += rate * images if rate else 0.0
+        unknown += [] if rate else ["attack log"]
+    if fine or left:
+        est = (f"about {format_duration(total)} at the rates measured for the stored ones" if not unknown else
+               f"no rate was measured yet for: {', '.join(sorted(set(unknown)))}")
+        print(f"Not stored yet: {len(fine)} fine-tunings and {len(left)} attack logs (PGD and DDN, {images} images each): "
+              f"{est}.", flush=True)
     return announce(store(profile), plain, certs, full_train=TRAIN_SIZES)
 
 
