@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..artifacts import ArtifactStore
 from ..timing import format_duration
 
-__all__ = ["Planned", "measured_rates", "announce"]
+__all__ = ["Planned", "stored_metadata", "measured_rates", "announce"]
 
 ANNOUNCE_SECONDS = 60.0
 
@@ -38,6 +38,15 @@ def model_arch(model: dict[str, Any]) -> str | None:
     return model.get("arch")
 
 
+def stored_metadata(store: ArtifactStore) -> Iterator[dict[str, Any]]:
+    """The metadata of every artifact in ``store`` (unreadable files skipped), in file-name order."""
+    for meta_path in sorted(store.root.glob("*.json")):
+        try:
+            yield json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+
+
 def measured_rates(store: ArtifactStore, rate_key: Callable[[dict[str, Any]], str | None] = model_arch,
                    ) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
     """``({key: noise samples/s}, {(arch, dataset): seconds per epoch over the full training set})``
@@ -47,11 +56,7 @@ def measured_rates(store: ArtifactStore, rate_key: Callable[[dict[str, Any]], st
     (the ``arch`` of :class:`Planned`); a model it gives no key for is skipped."""
     samples: dict[str, list[float]] = {}
     epochs: dict[tuple[str, str], list[float]] = {}
-    for meta_path in sorted(store.root.glob("*.json")):
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+    for meta in stored_metadata(store):
         cfg = meta.get("config", {})
         if cfg.get("type") == "CertifyConfig" and meta.get("certify_seconds"):
             drawn = meta.get("forward_passes") or meta["images"] * (cfg["n0"] + cfg["n"])

@@ -50,7 +50,6 @@ __all__ = [
     "store",
     "model_config",
     "load_model",
-    "model_store",
     "training_summary",
     "rate_probe",
     "certify_config",
@@ -187,11 +186,6 @@ def model_config(name: str, profile: str, seed: int = 0) -> TrainConfig | HeatCo
     # Table 4: the paper's eq. (10) (softmax match, noise on half the batch), one fine-tuning pass
     return HeatConfig(model_config("madry", profile, seed), timesteps=1, epochs_per_timestep=1, imagenet_variant=True,
                       train_subset=s.t4_subset, **heat)
-
-
-def model_store(name: str, profile: str, seed: int = 0) -> ArtifactStore:
-    """The store that holds (or will hold) model ``name`` at ``profile``."""
-    return _store_of(model_config(name, profile, seed), profile)
 
 
 def training_summary(profile: str, seed: int = 0) -> pd.DataFrame:
@@ -434,15 +428,11 @@ def _finetune_kind(d: dict) -> str:
 def _measured_seconds(st: ArtifactStore) -> tuple[dict[tuple, float], dict[tuple, float]]:
     """Seconds per training image of the stored fine-tunings, and per test image of the stored
     attack logs, keyed by what their cost depends on (averaged over artifacts)."""
-    import json
+    from ..book.eta import stored_metadata
 
     tune: dict[tuple, list[float]] = {}
     attack: dict[tuple, list[float]] = {}
-    for meta_path in sorted(st.root.glob("*.json")):
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+    for meta in stored_metadata(st):
         cfg = meta.get("config", {})
         if cfg.get("type") in ("HeatConfig", "AdvConfig") and meta.get("history") and not cfg.get("max_batches"):
             images = (cfg.get("train_subset") or TRAIN_SIZES[_root(cfg)["dataset"]]) * len(meta["history"])
