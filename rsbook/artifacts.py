@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import torch
 
+from .distributed import barrier, broadcast, check_shared_folder, on_rank_zero, world
 from .provenance import provenance
 
 __all__ = ["ArtifactStore", "CorruptArtifactError", "config_key", "config_dict", "sha256_file", "atomic_write_text"]
@@ -154,14 +155,23 @@ class ArtifactStore:
         compute: Callable[[Path, Path], dict[str, Any] | None],
         ext: str,
         device: torch.device | str | None = None,
+        sharded: bool = False,
     ) -> tuple[Path, dict[str, Any]]:
         """Return ``(payload path, metadata)``, computing the artifact first if needed.
 
         ``compute(out_path, work_dir)`` writes the payload to ``out_path`` (a temporary name)
         and may keep resumable state in ``work_dir``; it may return extra metadata. The
         payload is moved into place only after it is complete.
+
+        Under ``torchrun`` (:mod:`rsbook.distributed`) every rank takes rank 0's view of whether
+        the artifact exists; a missing one is computed by rank 0 alone while the others wait
+        (``sharded=False``), or by every rank (``sharded=True``: ``compute`` splits the work and
+        writes the payload on rank 0), and every rank then loads what rank 0 stored.
         """
         payload, meta_path = self.paths(config, ext)
+        w = world()
+        if w.distributed:
+            return self._load_or_compute_distributed(config, compute, ext, device, sharded, w)
         if self.recompute:
             shutil.rmtree(self.work_dir(config), ignore_errors=True)
         elif payload.exists() and meta_path.exists():
@@ -172,12 +182,40 @@ class ArtifactStore:
         tmp = payload.with_name(f".{payload.name}.tmp")
         start = time.perf_counter()
         extra = compute(tmp, work) or {}
-        wall = time.perf_counter() - start
+        return payload, self.adopt(config_key(config), config_dict(config), tmp, ext, time.perf_counter() - start, extra, device)
+
+    def _load_or_compute_distributed(self, config, compute, ext, device, sharded, w) -> tuple[Path, dict[str, Any]]:
+        payload, meta_path = self.paths(config, ext)
+        if broadcast(payload.exists() and meta_path.exists() and not self.recompute, w):
+            return payload, self.metadata(config, ext)
+        check_shared_folder(self.root, w)
+        work = self.work_dir(config)
+        if self.recompute:
+            on_rank_zero(lambda: shutil.rmtree(work, ignore_errors=True), f"clearing {work}", w)
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = payload.with_name(f".{payload.name}.tmp")
+        start = time.perf_counter()
+        key = config_key(config)
+        if sharded:
+            extra = compute(tmp, work) or {}
+            barrier(w)  # every rank is done with the work folder before rank 0 stores the payload and removes it
+            on_rank_zero(lambda: self.adopt(key, config_dict(config), tmp, ext, time.perf_counter() - start, extra, device),
+                         f"storing {key}", w)
+        else:
+            on_rank_zero(lambda: self.adopt(key, config_dict(config), tmp, ext, time.perf_counter() - start,
+                                            compute(tmp, work) or {}, device), f"computing {key}", w)
+        return payload, self.metadata(config, ext)
+
+    def adopt(self, key: str, config: dict[str, Any], tmp: Path, ext: str, wall: float, extra: dict[str, Any],
+              device: torch.device | str | None = None) -> dict[str, Any]:
+        """Store the complete payload ``tmp`` as artifact ``key`` (``config`` its :func:`config_dict`), with its
+        metadata, and drop the artifact's work folder. Returns the metadata."""
+        payload, meta_path = self.root / f"{key}.{ext}", self.root / f"{key}.json"
         if not tmp.exists():
-            raise RuntimeError(f"compute for {config_key(config)} did not write its payload")
+            raise RuntimeError(f"compute for {key} did not write its payload")
         meta = {
-            "key": config_key(config),
-            "config": config_dict(config),
+            "key": key,
+            "config": config,
             "file": payload.name,
             "sha256": sha256_file(tmp),
             "bytes": tmp.stat().st_size,
@@ -188,8 +226,8 @@ class ArtifactStore:
         }
         os.replace(tmp, payload)
         atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(work, ignore_errors=True)
-        return payload, meta
+        shutil.rmtree(self.root / ".work" / key, ignore_errors=True)
+        return meta
 
     def load_tensors(self, config: Any, ext: str = "pt", map_location: str | torch.device = "cpu") -> Any:
         """Load a verified ``torch.save`` payload with ``weights_only=True``."""

@@ -15,6 +15,11 @@ def _run(args: argparse.Namespace) -> int:
     src = notebook_source(args.notebook)
     params = dict(args.param or [])
     out = Path(args.output) if args.output else Path("runs") / f"{src.stem}.ipynb"
+    from .distributed import world
+
+    w = world()
+    if w.distributed and not w.main:  # under torchrun every rank runs the chapter; rank 0's notebook is the result
+        out = out.with_name(f"{out.stem}.rank{w.rank}{out.suffix}")
     result = run_notebook(src, out, params, log_output=args.log_output)
     print(f"{result.chapter}: {result.status} in {result.seconds:.0f} s on {result.device}; executed notebook: {result.output}")
     if result.error:
@@ -26,6 +31,19 @@ def _book(args: argparse.Namespace) -> int:
     from .book.pipeline import build_book
 
     return build_book(args.profile, only=args.only, build_html=not args.no_html, strict=not args.no_strict, out_dir=args.out)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .core.runner import merge_certification
+    from .core.shards import ShardError
+
+    try:
+        log, artifact = merge_certification(args.path)
+    except (ShardError, FileExistsError) as exc:
+        print(f"rsbook merge: {exc}", file=sys.stderr)
+        return 2
+    print(f"merged log: {log}" + (f"; stored artifact: {artifact}" if artifact else ""))
+    return 0
 
 
 def _bench_certify(args: argparse.Namespace) -> int:
@@ -103,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-strict", action="store_true", help="do not turn Sphinx warnings into errors")
     b.add_argument("--out", help="build a staged copy here (default: the checkout for profile cpu, _build/<profile> otherwise)")
     b.set_defaults(func=_book)
+
+    m = sub.add_parser("merge", help="merge the torchrun shards of a certification log (rank 0 does it by itself)",
+                       description="Merge the per-rank shard logs of a certification run into one log ordered by image, "
+                       "and, for a stored certification's work folder (<artifacts>/<chapter>/.work/<key>), store the "
+                       "artifact with every shard's provenance. Refuses missing, duplicated or foreign shards and rows.")
+    m.add_argument("path", help="the work folder holding log.partial.rank<r>-of-<K>.tsv, or the log's path")
+    m.set_defaults(func=_merge)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="benchmark", required=True)
     c = bench.add_parser("certify", help="Smooth.certify on the engine vs the published certification loop",

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..artifacts import ArtifactStore
+from ..distributed import broadcast, world
 from ..provenance import provenance
 
 __all__ = ["PROFILES", "TEMPORARY_PROFILES", "check_profile", "repo_root", "artifact_store", "resolve_device", "provenance_cell"]
@@ -60,8 +61,9 @@ def artifact_store(chapter: str, profile: str, recompute: bool = False) -> Artif
     ``$RSBOOK_ARTIFACTS/<chapter>/`` if that is set.
     """
     check_profile(profile)
-    if profile in TEMPORARY_PROFILES:
-        return ArtifactStore(tempfile.mkdtemp(prefix=f"rsbook-{profile}-{chapter}-"))
+    if profile in TEMPORARY_PROFILES:  # under torchrun, rank 0's folder for every rank
+        w = world()
+        return ArtifactStore(broadcast(tempfile.mkdtemp(prefix=f"rsbook-{profile}-{chapter}-") if w.main else None, w))
     return ArtifactStore(artifact_root() / chapter, recompute=recompute)
 
 
@@ -79,11 +81,18 @@ def chapter_store(chapter: str, profile: str, recompute: bool = False) -> Artifa
 
 
 def resolve_device(device: str = "auto", profile: str | None = None) -> torch.device:
-    """``auto`` -> ``cuda`` if available else ``cpu`` (always ``cpu`` for ``dry_run``); otherwise the named device, checked."""
+    """``auto`` -> ``cuda`` if available (``cuda:<LOCAL_RANK>`` under torchrun) else ``cpu`` (always ``cpu`` for
+    ``dry_run``); otherwise the named device, checked."""
     if profile == "dry_run" and device == "auto":
         return torch.device("cpu")
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        w = world()
+        if not (torch.cuda.is_available() and w.distributed):
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if w.local_rank >= torch.cuda.device_count():  # under torchrun: this process's GPU, LOCAL_RANK
+            raise ValueError(f"torchrun started local rank {w.local_rank} but this machine has {torch.cuda.device_count()} "
+                             "GPU(s); use --nproc-per-node at most the number of GPUs")
+        return torch.device(f"cuda:{w.local_rank}")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):

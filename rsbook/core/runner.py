@@ -14,10 +14,18 @@ written before the ``noise`` and ``sigma`` columns existed still read (:func:`re
 A killed run keeps every finished row; the next call skips them and continues. Each image
 draws its noise from its own generator, seeded by ``(seed, idx)``, so a resumed run gives the
 same rows as an uninterrupted one.
+
+Under ``torchrun --nproc-per-node=K`` the same call certifies one shard per process: rank ``r``
+takes the images at positions ``r, r + K, ...``, writes its own resumable log beside the run's
+log, and rank 0 merges the shards into the log a one-process run writes, ordered as the
+dataset, with every shard's provenance (:mod:`rsbook.core.shards`). Since an image's noise
+depends only on ``(seed, idx)``, its row does not depend on how many ranks ran or which one
+took it. A killed rank is resumed by rerunning the same command.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,13 +37,16 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ..artifacts import ArtifactStore, atomic_write_text
+from ..artifacts import ArtifactStore, atomic_write_text, config_dict, config_key
 from ..data import ImageDataset
+from ..distributed import barrier, on_rank_zero, shard_positions, world
 from ..timing import format_duration
 from .certify import Smooth
 from .engine import Item, as_noise
 from .noise import Noise
 from .sequential import Sequential
+from .shards import (ShardError, finish_shard, foreign_shards, merge_shards, read_shard_run, shard_path, shard_world, shards_record,
+                     start_shard, write_merged)
 
 __all__ = [
     "CertifyConfig",
@@ -45,6 +56,8 @@ __all__ = [
     "sequential_columns",
     "certify_dataset",
     "certification_log",
+    "log_metadata",
+    "merge_certification",
     "clean_classes",
     "read_log",
     "image_generator",
@@ -175,6 +188,7 @@ def certify_dataset(
     noise: NoiseSpec | PerImage | None = None,
     classes: PerImage | None = None,
     sequential: Sequential | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Certify every image of ``dataset`` into ``log_path``, resuming from rows already there.
 
@@ -187,6 +201,12 @@ def certify_dataset(
         sequential: certify each image by the anytime-valid sequential procedure
             (:mod:`rsbook.core.sequential`), with ``n`` as its ``n_max``; the log gets its
             columns (:func:`sequential_columns`).
+        run_config: what identifies the run beyond these arguments (the stored config), recorded in
+            each shard under torchrun so that the merge refuses another run's shard.
+
+    Under torchrun each rank certifies its shard into ``<stem>.rank<r>-of-<K><suffix>`` beside
+    ``log_path`` and rank 0 merges them into ``log_path`` (see the module docstring); every rank
+    returns the whole log.
 
     Images stream through one :class:`~rsbook.core.engine.Engine` (several share a forward
     batch); each row is written and flushed as soon as its image is done, and its ``time``
@@ -199,9 +219,28 @@ def certify_dataset(
     per_image_noise = callable(noise) or isinstance(noise, Mapping)
     single = None if per_image_noise else smooth.resolve_noise(noise)
     header = _HEADER if sequential is None else "\t".join((*LOG_COLUMNS, *sequential_columns(sequential))) + "\n"
-    done = _resume_rows(log_path, single, header)
-    todo = [i for i in range(len(dataset)) if int(dataset.indices[i]) not in done]
     device = smooth.device
+    w = world()
+    images = [int(i) for i in dataset.indices]
+    foreign = foreign_shards(log_path, w)
+    if foreign:
+        raise ShardError(f"{log_path.parent} holds shard logs of {log_path.name} that this {w.size}-process run would not merge: "
+                         f"{', '.join(p.name for p in foreign)}. Finish that run with its own number of processes "
+                         f"(torchrun --nproc-per-node=K, K as in the names) or `rsbook merge {log_path}` once its shards are "
+                         "complete, or move them away to start over")
+    run: dict[str, Any] = {}
+    if w.distributed:
+        if log_path.exists() and not shards_record(log_path).exists():
+            raise ShardError(f"{log_path} is the partial log of a one-process run; finish it with one process (no torchrun) "
+                             "or move it away to certify with several")
+        run = json.loads(json.dumps({"config": run_config, "images": images, "n0": n0, "n": n, "alpha": alpha, "seed": seed,
+                                     "header": header.strip(), "noise": repr(single) if single is not None else "per image",
+                                     "classes": "given" if classes is not None else "selected",
+                                     "sequential": repr(sequential)}, sort_keys=True, default=str))
+        start_shard(shard_path(log_path, w), run, w, device)
+    mine = shard_path(log_path, w)
+    done = _resume_rows(mine, single, header)
+    todo = [p for p in shard_positions(len(dataset), w) if images[p] not in done]
 
     def resolved(idx: int) -> Noise:
         return single if single is not None else as_noise(_per_image(noise, idx), where=f"image {idx}, noise")
@@ -211,7 +250,7 @@ def certify_dataset(
     def items():
         for i in todo:
             x, label = dataset[i]
-            idx = int(dataset.indices[i])
+            idx = images[i]
             c_a = None if classes is None else int(_per_image(classes, idx))
             used[idx] = resolved(idx)
             yield Item((idx, label), x, image_generator(seed, idx, device), used[idx], c_a=c_a)
@@ -219,7 +258,8 @@ def certify_dataset(
     per = n + (n0 if classes is None else 0)
     if todo and sequential is None:
         _print_eta(smooth, tuple(dataset[todo[0]][0].shape), batch_size, len(todo), per)
-    bar = tqdm(total=len(todo), desc=f"certify {single!r}" if single else "certify", disable=not progress, mininterval=10, unit="img")
+    what = f"certify {single!r}" if single else "certify"
+    bar = tqdm(total=len(todo), desc=f"{what} ({w})" if w.distributed else what, disable=not progress, mininterval=10, unit="img")
     t_start = t_prev = time.perf_counter()
     if sequential is None:
         results = ((key, pred, radius, "") for key, pred, radius in
@@ -228,7 +268,7 @@ def certify_dataset(
         results = ((c.key, c.prediction, c.radius, _sequential_row(c, n0 if classes is None else 0))
                    for c in smooth.certify_sequential_many(items(), n0, n, alpha, batch_size, sequential, ordered=False))
     drawn = 0
-    with open(log_path, "a", buffering=1) as f:
+    with open(mine, "a", buffering=1) as f:
         for k, ((idx, label), pred, radius, extra) in enumerate(results, start=1):
             now = time.perf_counter()
             nz = used.pop(idx)
@@ -240,8 +280,28 @@ def certify_dataset(
             bar.update(1)
             bar.set_postfix_str(f"{drawn / (now - t_start):,.0f} samples/s", refresh=False)
     bar.close()
-    log = read_log(log_path).set_index("idx").loc[[int(i) for i in dataset.indices]].reset_index()
+    if w.distributed:
+        finish_shard(mine, len(done) + len(todo), len(todo), time.perf_counter() - t_start)
+        barrier(w)  # every shard complete
+
+        def merge() -> None:
+            log, records = merge_shards(log_path, w.size, run, read_log)
+            write_merged(log_path, log, records, _FLOAT_FORMAT)
+
+        on_rank_zero(merge, f"merging the shards of {log_path}", w)
+    log = read_log(log_path).set_index("idx").loc[images].reset_index()
     return log
+
+
+_FLOAT_FORMAT = {"float_format": lambda v: repr(float(v)), "lineterminator": "\n"}
+
+
+def log_metadata(log: pd.DataFrame) -> dict[str, Any]:
+    """A certification log's artifact metadata: images, summed certification seconds, forward passes (sequential)."""
+    meta: dict[str, Any] = {"images": len(log), "certify_seconds": float(log["time"].sum())}
+    if "samples" in log.columns:
+        meta["forward_passes"] = int(log["samples"].sum())
+    return meta
 
 
 def _sequential_row(c, selection: int) -> str:
@@ -285,7 +345,8 @@ def certification_log(
     batch_size: int | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Load the log for ``cfg`` from ``store``, certifying (resumably) first if needed.
+    """Load the log for ``cfg`` from ``store``, certifying (resumably) first if needed; under torchrun
+    every rank certifies its shard and the stored log carries every shard's provenance.
 
     ``smooth`` is smoothed with ``cfg``'s noise (its own default noise, if any, must agree).
     """
@@ -299,12 +360,44 @@ def certification_log(
         partial = work / "log.partial.tsv"
         classes = clean_classes(smooth, dataset) if cfg.selection == "clean" else None
         log = certify_dataset(smooth, dataset, cfg.n0, cfg.n, cfg.alpha, batch_size, partial, cfg.seed, progress,
-                              noise=noise, classes=classes, sequential=cfg.sequential)
-        log.to_csv(out, sep="\t", index=False)
-        meta = {"images": len(log), "certify_seconds": float(log["time"].sum())}
-        if cfg.sequential is not None:
-            meta["forward_passes"] = int(log["samples"].sum())
+                              noise=noise, classes=classes, sequential=cfg.sequential,
+                              run_config={"key": config_key(cfg), "config": config_dict(cfg)})
+        meta = log_metadata(log)
+        w = world()
+        if w.main:  # the payload and its shards' provenance are rank 0's to store
+            log.to_csv(out, sep="\t", index=False)
+            if w.distributed:
+                meta["shards"] = json.loads(shards_record(partial).read_text())
         return meta
 
-    path, _ = store.load_or_compute(cfg, compute, "tsv", device=smooth.device)
+    path, _ = store.load_or_compute(cfg, compute, "tsv", device=smooth.device, sharded=True)
     return read_log(path, cfg.noise, cfg.sigma)
+
+
+def merge_certification(path: str | Path) -> tuple[Path, Path | None]:
+    """Merge the torchrun shards of a certification log by hand (``rsbook merge``).
+
+    ``path`` is the run's log or the folder holding ``log.partial.tsv`` and its shards (a store's
+    ``.work/<key>/`` folder). Writes the merged log there and, when the folder is the work folder
+    of a stored certification, also the artifact itself (with every shard's provenance), as rank 0
+    does at the end of a torchrun run. Returns ``(merged log, artifact or None)``; raises
+    :class:`~rsbook.core.shards.ShardError` on a missing, duplicate or foreign shard or row.
+    """
+    path = Path(path)
+    log_path = path / "log.partial.tsv" if path.is_dir() else path
+    size = shard_world(log_path)
+    run = read_shard_run(log_path, size)
+    start = time.perf_counter()
+    log, records = merge_shards(log_path, size, run, read_log)
+    write_merged(log_path, log, records, _FLOAT_FORMAT)
+    work, ident = log_path.parent, run.get("config") or {}
+    if work.parent.name != ".work" or not isinstance(ident, dict) or ident.get("key") != work.name:
+        return log_path, None
+    store = ArtifactStore(work.parent.parent)
+    payload = store.root / f"{work.name}.tsv"
+    if payload.exists():
+        raise FileExistsError(f"{payload} is already stored; delete it and its .json to store the merged log instead")
+    tmp = payload.with_name(f".{payload.name}.tmp")
+    log.to_csv(tmp, sep="\t", index=False)
+    store.adopt(work.name, ident["config"], tmp, "tsv", time.perf_counter() - start, {**log_metadata(log), "shards": records}, "cpu")
+    return log_path, payload

@@ -547,8 +547,10 @@ def imagenet_heat(run: ImageNetHeatRun, out_dir: str, device: torch.device | str
     import json
     from pathlib import Path
 
+    from ..artifacts import atomic_write_text
     from ..core.runner import certify_dataset, clean_classes
     from ..data import imagenet_subset
+    from ..distributed import broadcast, on_rank_zero, world
     from ..methods.heat import HeatSmoothing
     from ..models import build_model, load_weights
     from ..provenance import provenance
@@ -560,15 +562,16 @@ def imagenet_heat(run: ImageNetHeatRun, out_dir: str, device: torch.device | str
     if record.is_file() and json.loads(record.read_text()).get("run") != json.loads(json.dumps(dataclasses.asdict(run))):
         raise ValueError(f"{out} holds results of a different ImageNet run ({record} records it); pass another folder, "
                          "or delete it to start over")
-    record.write_text(json.dumps({"run": dataclasses.asdict(run), "provenance": provenance(device)}, indent=1) + "\n")
+    w = world()
+    on_rank_zero(lambda: atomic_write_text(record, json.dumps({"run": dataclasses.asdict(run), "provenance": provenance(device)},
+                                                              indent=1) + "\n"), f"recording {record}", w)
     fix = "pass a state dict of torchvision.models.resnet50 (e.g. torchvision's IMAGENET1K_V1 file, or Madry et al.'s model)"
     given = build_model("resnet50", "imagenet", 1000)
     load_weights(given[1], run.classifier_weights, "ResNet-50", fix)
     weights = out / "heat-resnet50.pth"
-    tuned = build_model("resnet50", "imagenet", 1000)
-    if weights.is_file():
-        load_weights(tuned, str(weights), "fine-tuned ResNet-50", f"delete {weights} to fine-tune again")
-    else:
+
+    def finetune() -> None:  # under torchrun rank 0 fine-tunes while the other ranks wait for the weights
+        tuned = build_model("resnet50", "imagenet", 1000)
         tuned.load_state_dict(given.state_dict())
         step = HeatSmoothing(run.sigma, 1, timesteps=1, kappa=run.kappa, delta=run.delta, imagenet_variant=True)
         cfg = FitConfig(epochs=1, batch_size=run.batch_size, lr=run.lr, momentum=run.momentum, weight_decay=0.0,
@@ -578,10 +581,16 @@ def imagenet_heat(run: ImageNetHeatRun, out_dir: str, device: torch.device | str
                        desc="resnet50 heat (eq. 10)")
         torch.save(tuned.state_dict(), str(weights) + ".partial")
         Path(str(weights) + ".partial").replace(weights)
+
+    if not broadcast(weights.is_file(), w):
+        on_rank_zero(finetune, f"fine-tuning {weights}", w)
+    tuned = build_model("resnet50", "imagenet", 1000)
+    load_weights(tuned, str(weights), "fine-tuned ResNet-50", f"delete {weights} to fine-tune again")
     val = imagenet_subset(run.root, "val", run.every, run.resolution)
     logs = {}
     for name, net in (("given", given), ("heat", tuned)):  # n0 is unused when the classes are given
         smooth = Smooth(for_inference(net.to(device).eval()), 1000)
         logs[name] = certify_dataset(smooth, val, 1, run.n, run.alpha, batch_size, out / f"{name}.tsv", seed=run.seed,
-                                     progress=progress, noise=("gaussian", run.sigma), classes=clean_classes(smooth, val))
+                                     progress=progress, noise=("gaussian", run.sigma), classes=clean_classes(smooth, val),
+                                     run_config={"run": dataclasses.asdict(run), "model": name})
     return logs

@@ -424,8 +424,10 @@ def imagenet_certification(run: ImageNetRun, log_path: str, device: torch.device
     import json
     from pathlib import Path
 
+    from ..artifacts import atomic_write_text
     from ..core.runner import certify_dataset
     from ..data import imagenet_subset
+    from ..distributed import on_rank_zero
     from ..provenance import provenance
 
     model = imagenet_model(run, device)
@@ -437,10 +439,11 @@ def imagenet_certification(run: ImageNetRun, log_path: str, device: torch.device
         if earlier != json.loads(json.dumps(dataclasses.asdict(run))):
             raise ValueError(f"{log_path} holds a certification of a different run ({meta} records it); "
                              "pass another log_path, or delete both files to start over")
-    meta.write_text(json.dumps({"run": dataclasses.asdict(run), "provenance": provenance(device)}, indent=1) + "\n")
+    on_rank_zero(lambda: atomic_write_text(meta, json.dumps({"run": dataclasses.asdict(run), "provenance": provenance(device)},
+                                                            indent=1) + "\n"), f"recording {meta}")
     smooth = Smooth(model, 1000, noise_conditioned=True, compile=False)
     return certify_dataset(smooth, data, run.n0, run.n, run.alpha, batch_size, log_path, seed=run.seed,
-                           progress=progress, noise=(run.noise, run.sigma))
+                           progress=progress, noise=(run.noise, run.sigma), run_config=dataclasses.asdict(run))
 
 
 def synthetic_imagenet(folder: str, classes: int = 2, per_class: int = 2, resolution: int = 64,

@@ -1,0 +1,75 @@
+"""A certification run for the torchrun tests (``test_distributed.py``): launched as
+``torchrun --nproc-per-node=K tests/torchrun_certify.py STORE [--sequential] [--kill RANK ROWS]``.
+
+Certifies a synthetic dataset with a threshold classifier through ``certification_log`` into the
+artifact store ``STORE`` (with the sequential certifier if asked). With ``--kill``, rank ``RANK``
+dies (``os._exit``, as a killed process would) once its shard holds ``ROWS`` rows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import ThresholdClassifier  # noqa: E402
+
+from rsbook.artifacts import ArtifactStore  # noqa: E402
+from rsbook.core.certify import Smooth  # noqa: E402
+from rsbook.core.runner import CertifyConfig, certification_log  # noqa: E402
+from rsbook.core.sequential import Sequential  # noqa: E402
+from rsbook.data import ImageDataset  # noqa: E402
+from rsbook.distributed import world  # noqa: E402
+
+IMAGES = 13  # not a multiple of 3: the shards differ in size
+
+
+@dataclass(frozen=True)
+class Toy:
+    threshold: float = 0.5
+
+
+def dataset() -> ImageDataset:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (IMAGES, 1, 4, 4), generator=g, dtype=torch.uint8)
+    labels = (images[:, 0, 0, 0].float() / 255 > 0.5).long()
+    return ImageDataset("synthetic", images, labels, indices=torch.arange(100, 100 + 7 * IMAGES, 7))
+
+
+def config(sequential: bool = False) -> CertifyConfig:
+    seq = Sequential(radii=(0.05, 0.2), first=32) if sequential else None
+    return CertifyConfig(Toy(), "gaussian", 0.3, n0=20, n=300 if seq is None else 2000, alpha=0.01, dataset="synthetic",
+                         every=7, seed=3, sequential=seq)
+
+
+class Dies(nn.Module):
+    """The classifier, on a rank that dies once ``shard`` holds ``rows`` rows."""
+
+    def __init__(self, inner: nn.Module, shard: Path, rows: int):
+        super().__init__()
+        self.inner, self.shard, self.rows = inner, shard, rows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shard.exists() and len(self.shard.read_text().splitlines()) - 1 >= self.rows:
+            os._exit(17)
+        return self.inner(x)
+
+
+def run(store: ArtifactStore, kill: tuple[int, int] | None = None, sequential: bool = False):
+    cfg = config(sequential)
+    model: nn.Module = ThresholdClassifier(0.5)
+    w = world()
+    if kill is not None and w.rank == kill[0]:
+        model = Dies(model, store.work_dir(cfg) / f"log.partial.rank{w.rank}-of-{w.size}.tsv", kill[1])
+    return certification_log(cfg, Smooth(model, 2, ("gaussian", 0.3)), dataset(), store, batch_size=50, progress=False)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    kill = (int(args[args.index("--kill") + 1]), int(args[args.index("--kill") + 2])) if "--kill" in args else None
+    run(ArtifactStore(args[0]), kill, "--sequential" in args)
