@@ -29,7 +29,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _book(args: argparse.Namespace) -> int:
     from .book.pipeline import build_book
+    from .distributed import world
 
+    if world().distributed:
+        print("rsbook book: under torchrun, run each chapter with `torchrun --nproc-per-node=K -m rsbook run CHAPTER -p profile "
+              f"{args.profile}`; then build the pages from the stored results with a plain `rsbook book --profile {args.profile}`",
+              file=sys.stderr)
+        return 2
     return build_book(args.profile, only=args.only, build_html=not args.no_html, strict=not args.no_strict, out_dir=args.out)
 
 

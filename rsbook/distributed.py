@@ -55,9 +55,19 @@ class World:
 def world() -> World:
     """The world torchrun launched this process into (``World()``, one process, without torchrun).
 
-    Raises ``ValueError`` naming the variable when the environment is inconsistent (e.g. ``RANK``
-    set by hand without ``WORLD_SIZE``).
+    While rank 0 computes something alone (:func:`on_rank_zero`), it is a one-process world for
+    everything that computation calls (e.g. loading the base model of a fine-tuning), so that
+    nested stores do not wait for ranks that are not there. Raises ``ValueError`` naming the
+    variable when the environment is inconsistent (e.g. ``RANK`` set by hand without ``WORLD_SIZE``).
     """
+    w = _launched()
+    return World(0, 1, w.local_rank) if _SOLO else w
+
+
+_SOLO = 0  # > 0 while rank 0 runs a computation alone
+
+
+def _launched() -> World:
     env = {k: os.environ.get(k) for k in _ENV}
     if env["WORLD_SIZE"] is None and env["RANK"] is None:
         return World()
@@ -143,17 +153,21 @@ def on_rank_zero(fn: Callable[[], T], what: str, w: World | None = None) -> T | 
 
     Returns ``fn()``'s result on rank 0 and ``None`` elsewhere.
     """
+    global _SOLO
     w = w or world()
     if not w.distributed:
         return fn()
     result, error = None, None
     if w.main:
+        _SOLO += 1
         try:
             result = fn()
         except BaseException as exc:  # noqa: BLE001 -- re-raised below, after telling the other ranks
             error = f"{type(exc).__name__}: {exc}"
+            _SOLO -= 1
             broadcast(error, w)
             raise
+        _SOLO -= 1
     error = broadcast(error, w)
     if error is not None:
         raise RuntimeError(f"rank 0 failed while {what}: {error}")

@@ -356,3 +356,17 @@ def test_chapter_3_announces_fine_tunings_and_attack_logs_at_the_measured_rates(
     attacks = 100 * (2 * 6.0 + 2 * 0.1)  # two stochastic and two deterministic models, 100 images
     minutes = round((heat + adv + attacks) / 60)
     assert f"4 fine-tunings and 4 attack logs (PGD and DDN, 100 images each): about {minutes} min" in out, out
+
+
+def test_per_input_generators_make_an_inputs_noise_independent_of_its_batch():
+    from rsbook.methods.soft import noisy_copies
+
+    x = torch.rand(3, 1, 2, 2)
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    batch = noisy_copies(x, 4, "gaussian", 0.5, gens(7, 8, 9))
+    alone = noisy_copies(x[1:2], 4, "gaussian", 0.5, gens(8))
+    assert torch.equal(batch[4:8], alone)  # input 1's copies: the same alone and in the batch
+    expected = x[1:2] + 0.5 * torch.randn((4, 1, 2, 2), generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(alone, expected, rtol=0, atol=1e-6)  # Gaussian draws of its own generator
+    with pytest.raises(ValueError, match="one per input"):
+        noisy_copies(x, 4, "gaussian", 0.5, gens(1, 2))

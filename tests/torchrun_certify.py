@@ -2,7 +2,8 @@
 ``torchrun --nproc-per-node=K tests/torchrun_certify.py STORE [--sequential] [--kill RANK ROWS]``.
 
 Certifies a synthetic dataset with a threshold classifier through ``certification_log`` into the
-artifact store ``STORE`` (with the sequential certifier if asked). With ``--kill``, rank ``RANK``
+artifact store ``STORE`` (with the sequential certifier if asked), and computes a per-image table
+with per-image noise through ``sharded_table`` (as the attack runner does) into ``STORE/table.tsv``. With ``--kill``, rank ``RANK``
 dies (``os._exit``, as a killed process would) once its shard holds ``ROWS`` rows.
 """
 
@@ -21,7 +22,8 @@ from conftest import ThresholdClassifier  # noqa: E402
 
 from rsbook.artifacts import ArtifactStore  # noqa: E402
 from rsbook.core.certify import Smooth  # noqa: E402
-from rsbook.core.runner import CertifyConfig, certification_log  # noqa: E402
+from rsbook.core.runner import CertifyConfig, certification_log, image_generator  # noqa: E402
+from rsbook.core.shards import sharded_table  # noqa: E402
 from rsbook.core.sequential import Sequential  # noqa: E402
 from rsbook.data import ImageDataset  # noqa: E402
 from rsbook.distributed import world  # noqa: E402
@@ -69,7 +71,23 @@ def run(store: ArtifactStore, kill: tuple[int, int] | None = None, sequential: b
     return certification_log(cfg, Smooth(model, 2, ("gaussian", 0.3)), dataset(), store, batch_size=50, progress=False)
 
 
+def table(folder: Path):
+    """A per-image table whose rows depend only on each image's own generator: what ``sharded_table`` splits."""
+    images = [int(i) for i in dataset().indices]
+
+    def rows(positions: list[int]):
+        import pandas as pd
+
+        idx = [images[p] for p in positions]
+        draws = [float(torch.randn((), generator=image_generator(5, i, "cpu"))) for i in idx]
+        return pd.DataFrame({"idx": idx, "draw": draws, "big": [1e300 * d for d in draws]})
+
+    return sharded_table(folder / "table.tsv", images, rows, {"what": "toy table"}, "cpu")
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     kill = (int(args[args.index("--kill") + 1]), int(args[args.index("--kill") + 2])) if "--kill" in args else None
     run(ArtifactStore(args[0]), kill, "--sequential" in args)
+    if kill is None and "--sequential" not in args:
+        table(Path(args[0])).to_csv(Path(args[0]) / "table.result.tsv", sep="\t", index=False)

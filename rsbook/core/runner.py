@@ -45,7 +45,8 @@ from .certify import Smooth
 from .engine import Item, as_noise
 from .noise import Noise
 from .sequential import Sequential
-from .shards import (ShardError, finish_shard, foreign_shards, merge_shards, read_shard_run, shard_path, shard_world, shards_record,
+from .shards import (_FLOAT_FORMAT, ShardError, finish_shard, foreign_shards, merge_shards, read_shard_run, shard_path, shard_provenance, shard_world,
+                     shards_record,
                      start_shard, write_merged)
 
 __all__ = [
@@ -293,9 +294,6 @@ def certify_dataset(
     return log
 
 
-_FLOAT_FORMAT = {"float_format": lambda v: repr(float(v)), "lineterminator": "\n"}
-
-
 def log_metadata(log: pd.DataFrame) -> dict[str, Any]:
     """A certification log's artifact metadata: images, summed certification seconds, forward passes (sequential)."""
     meta: dict[str, Any] = {"images": len(log), "certify_seconds": float(log["time"].sum())}
@@ -366,9 +364,7 @@ def certification_log(
         w = world()
         if w.main:  # the payload and its shards' provenance are rank 0's to store
             log.to_csv(out, sep="\t", index=False)
-            if w.distributed:
-                meta["shards"] = json.loads(shards_record(partial).read_text())
-        return meta
+        return {**meta, **shard_provenance(partial)}
 
     path, _ = store.load_or_compute(cfg, compute, "tsv", device=smooth.device, sharded=True)
     return read_log(path, cfg.noise, cfg.sigma)

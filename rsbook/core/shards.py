@@ -15,18 +15,20 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
 from ..artifacts import atomic_write_text
-from ..distributed import World
+from ..distributed import World, barrier, on_rank_zero, shard_positions, world
 from ..provenance import provenance
 
 __all__ = ["ShardError", "shard_path", "shard_sidecar", "shards_record", "foreign_shards", "start_shard", "finish_shard",
-           "read_shard_run", "merge_shards", "shard_world"]
+           "read_shard_run", "merge_shards", "write_merged", "shard_world", "sharded_table",
+           "shard_provenance"]
 
 _RANK_FILE = re.compile(r"^(?P<stem>.+)\.rank(?P<rank>\d+)-of-(?P<size>\d+)$")
 
@@ -177,3 +179,47 @@ def write_merged(log_path: Path, log: pd.DataFrame, records: list[dict[str, Any]
     """Write the merged log to ``log_path`` (atomically) and the shards' records beside it."""
     atomic_write_text(log_path, log.to_csv(sep="\t", index=False, **fmt))
     atomic_write_text(shards_record(log_path), json.dumps(records, indent=2, sort_keys=True) + "\n")
+
+
+def shard_provenance(log_path: Path) -> dict[str, Any]:
+    """``{"shards": [...]}``, the records of the shards merged into ``log_path`` (for an artifact's
+    metadata), or ``{}`` when no merge happened here (a one-process run)."""
+    record = shards_record(log_path)
+    return {"shards": json.loads(record.read_text())} if world().distributed and record.exists() else {}
+
+
+def sharded_table(log_path: Path, images: list[int], compute: Callable[[list[int]], pd.DataFrame], run: dict[str, Any],
+                  device: Any, w: World | None = None) -> pd.DataFrame:
+    """A per-image table (one row per image, an ``idx`` column) computed in shards under torchrun.
+
+    ``compute(positions)`` returns the rows of the images at those positions of ``images``. In a
+    one-process world it is called once with every position. Under torchrun rank ``r`` computes
+    its positions (round-robin) into its shard beside ``log_path`` (written whole, atomically: a
+    killed rank recomputes its shard, a finished one is kept), and rank 0 merges the shards into
+    ``log_path`` as :func:`merge_shards` does. For computations whose rows do not depend on the
+    other images in the run (e.g. per-image attacks with per-image noise). Every rank returns the
+    whole table, ordered as ``images``.
+    """
+    w = w or world()
+    if not w.distributed:
+        return compute(list(range(len(images))))
+    run = json.loads(json.dumps({**run, "images": [int(i) for i in images]}, sort_keys=True, default=str))
+    mine = shard_path(log_path, w)
+    side = shard_sidecar(mine)
+    if not (mine.exists() and side.exists() and "rows" in json.loads(side.read_text())):
+        start_shard(mine, run, w, device)
+        t = time.perf_counter()
+        rows = compute(shard_positions(len(images), w))
+        atomic_write_text(mine, rows.to_csv(sep="\t", index=False, **_FLOAT_FORMAT))
+        finish_shard(mine, len(rows), len(rows), time.perf_counter() - t)
+    barrier(w)
+
+    def merge() -> None:
+        table, records = merge_shards(log_path, w.size, run, lambda p: pd.read_csv(p, sep="\t"))
+        write_merged(log_path, table, records, _FLOAT_FORMAT)
+
+    on_rank_zero(merge, f"merging the shards of {log_path}", w)
+    return pd.read_csv(log_path, sep="\t")
+
+
+_FLOAT_FORMAT = {"float_format": lambda v: repr(float(v)), "lineterminator": "\n"}

@@ -16,6 +16,8 @@ noise draws, and the deployed Monte-Carlo classifier is checked separately at th
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -65,9 +67,12 @@ def foolbox_attack(name: str, eps: float = 4.0, steps: int = 20):
 
 
 def adversarial_distances(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, eps: float = 4.0,
-                          steps: int = 20, batch_size: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+                          steps: int = 20, batch_size: int = 100,
+                          on_batch: Callable[[slice], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(distance, adversarial)`` per image: the l2 distance to the closest misclassified input that
-    foolbox's attack ``name`` evaluates within ``eps`` (``inf`` if none), and that input."""
+    foolbox's attack ``name`` evaluates within ``eps`` (``inf`` if none), and that input.
+    ``on_batch(rows)`` is called before each batch of ``x[rows]`` is attacked (e.g. to give a
+    stochastic model that batch's per-image generators)."""
     import foolbox as fb
 
     attack, watched = foolbox_attack(name, eps, steps), MinimalAdversary(model).eval()
@@ -75,6 +80,8 @@ def adversarial_distances(model: nn.Module, name: str, x: torch.Tensor, y: torch
     dist, adv = [], []
     for i in range(0, x.shape[0], batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        if on_batch is not None:
+            on_batch(slice(i, i + batch_size))
         watched.start(xb, yb)
         attack(fmodel, xb, yb, epsilons=eps)
         dist.append(watched.distance.clone())

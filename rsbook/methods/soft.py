@@ -11,6 +11,8 @@ majority vote of ``g``; it is never a certificate, only a surrogate.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -19,13 +21,24 @@ from ..core.noise import make_noise
 __all__ = ["SoftSmoothed", "SoftSmoothedLogits", "noisy_copies"]
 
 
-def noisy_copies(x: torch.Tensor, m: int, noise: str, sigma: torch.Tensor | float, generator: torch.Generator | None) -> torch.Tensor:
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def noisy_copies(x: torch.Tensor, m: int, noise: str, sigma: torch.Tensor | float, generator: Generators) -> torch.Tensor:
     """``(B*m, ...)``: ``m`` copies of each input plus unit noise scaled by that input's ``sigma``.
 
     Rows ``b*m ... b*m + m - 1`` belong to input ``b``. Differentiable in ``x`` and ``sigma``.
+    ``generator`` is one generator for the batch, or one per input (input ``b`` draws its ``m``
+    copies from ``generator[b]``, so its noise does not depend on the other inputs of the batch).
     """
     rep = x.repeat_interleave(m, dim=0)
-    unit = make_noise(noise, 1.0).sample(rep.shape, generator=generator, device=x.device)
+    unit_noise = make_noise(noise, 1.0)
+    if isinstance(generator, Sequence):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]} inputs; give one per input")
+        unit = torch.cat([unit_noise.sample((m, *x.shape[1:]), generator=g, device=x.device) for g in generator])
+    else:
+        unit = unit_noise.sample(rep.shape, generator=generator, device=x.device)
     if isinstance(sigma, torch.Tensor) and sigma.dim() > 0:
         sigma = sigma.reshape(-1).repeat_interleave(m).view(-1, *([1] * (x.dim() - 1)))
     return rep + unit * sigma
@@ -51,7 +64,7 @@ class SoftSmoothed(nn.Module):
             raise ValueError(f"m must be >= 1 and tau > 0, got m={m}, tau={tau}")
         make_noise(noise, sigma)
         self.model, self.noise, self.sigma, self.m, self.tau = model, noise, sigma, int(m), float(tau)
-        self.generator: torch.Generator | None = None  # set it for reproducible draws
+        self.generator: Generators = None  # set it for reproducible draws (one, or one per input of the next batches)
 
     def extra_repr(self) -> str:
         return f"noise={self.noise!r}, sigma={self.sigma}, m={self.m}, tau={self.tau}"

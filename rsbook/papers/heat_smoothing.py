@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -29,12 +29,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..artifacts import ArtifactStore
+from ..artifacts import ArtifactStore, config_dict, config_key
 from ..book.eta import Planned, announce
 from ..book.profiles import chapter_store, check_profile
 from ..core.certify import Smooth
 from ..core.runner import CertifyConfig, certification_log
+from ..core.shards import shard_provenance, sharded_table
 from ..data import TEST_SIZES, TRAIN_SIZES, test_subset
+from ..distributed import world
 from ..models import for_inference
 from ..training.classifier import TrainConfig, trained_model
 from ..training.finetune import AdvConfig, HeatConfig, trained_finetuned
@@ -108,6 +110,7 @@ class Settings:
     certify_batch: int | None = None
     batch_size: int = 128  # the fine-tunings' batch (the base models': chapter 0's recipe, 256)
     heat_lr: float = 0.01  # SGD, momentum 0.9, constant (the paper's stated ImageNet optimizer)
+    attack_streams: str = "image"  # the attacks' Monte Carlo noise: one generator per image, or per "run" (cpu's artifacts)
 
 
 _SETTINGS = {
@@ -121,7 +124,7 @@ _SETTINGS = {
     "cpu": Settings(arch="cnn4", base_epochs=0, sigma=0.1, heat_timesteps=5, heat_epochs_per_timestep=1, heat_subset=10_000,
                     heat_lr=0.001,
                     smoothadv_epochs=1, smoothadv_m=1, madry_epochs=1, madry_steps=4, t4_subset=10_000, adv_subset=0,
-                    every=100, n0=100, n=10_000, attack_m=32, audit_n=1000, lbound_m=1000),
+                    every=100, n0=100, n=10_000, attack_m=32, audit_n=1000, lbound_m=1000, attack_streams="run"),
     # the paper: ResNet-34, 200 epochs per timestep, n_T = 5, N = 10,000, m = 100; SmoothAdv and
     # Madry epochs are this book's (the paper trained them from scratch without saying how long)
     "paper": Settings(arch="cifar_resnet34", base_epochs=200, sigma=0.1, heat_timesteps=5, heat_epochs_per_timestep=200,
@@ -286,7 +289,13 @@ def certification(name: str, profile: str, device: torch.device | str = "cpu", p
 class RobustnessConfig:
     """What determines a model's attack log: the model, the attacks and, for a stochastic model, the
     soft smoothed classifier attacked (``attack_m`` copies) and the deployed classifier audited
-    (Cohen's ``predict`` with ``audit_n`` samples at ``alpha``)."""
+    (Cohen's ``predict`` with ``audit_n`` samples at ``alpha``).
+
+    ``streams`` is where a stochastic model's attack and L-bound noise comes from: ``image`` (each
+    image its own generators, seeded by ``(seed, idx)``: an image's row does not depend on the
+    other images, so under torchrun the log is computed in shards) or ``run`` (one generator for
+    the whole run, as the committed ``cpu`` logs were made: computed by one process).
+    """
 
     model: TrainConfig | HeatConfig | AdvConfig
     stochastic: bool
@@ -299,18 +308,30 @@ class RobustnessConfig:
     alpha: float = 0.001
     every: int = 100
     seed: int = 0
+    streams: str = field(default="run", metadata={"key_omits_default": True})
+
+    def __post_init__(self) -> None:
+        if self.streams not in ("run", "image"):
+            raise ValueError(f"streams must be 'run' or 'image', got {self.streams!r}")
+
+    @property
+    def shardable(self) -> bool:
+        """Whether an image's row is independent of the other images (then torchrun ranks split the images)."""
+        return not self.stochastic or self.streams == "image"
 
 
 def robustness_config(name: str, profile: str, seed: int = 0, s: Settings | None = None) -> RobustnessConfig:
     """The attack log's config of model ``name`` at ``profile``."""
     s = s or settings(profile)
     return RobustnessConfig(model_config(name, profile, seed), name not in DETERMINISTIC, s.sigma, s.attack_eps,
-                            s.attack_steps, s.attack_m, s.audit_n, s.lbound_m, s.alpha, s.every, seed)
+                            s.attack_steps, s.attack_m, s.audit_n, s.lbound_m, s.alpha, s.every, seed, s.attack_streams)
 
 
-def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, device, progress: bool) -> pd.DataFrame:
-    """Per test image: the clean prediction of the deployed classifier, the L-bound, and per attack
-    the adversarial distance and the deployed classifier's prediction at the point found."""
+def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, device, progress: bool,
+                    positions: list[int] | None = None) -> pd.DataFrame:
+    """Per test image (those at ``positions`` of the test subset; all by default): the clean prediction
+    of the deployed classifier, the L-bound, and per attack the adversarial distance and the deployed
+    classifier's prediction at the point found."""
     from ..core.runner import image_generator
     from ..methods.distances import ATTACKS, adversarial_distances
     from ..methods.heat import l_bound
@@ -318,8 +339,12 @@ def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, dev
     from tqdm import tqdm
 
     data = test_subset("cifar10", cfg.every)
-    x, y = (data.images.float() / 255).to(device), data.labels.to(device)
-    idx = data.indices.tolist()
+    keep = slice(None) if positions is None else torch.as_tensor(positions, dtype=torch.long)
+    x, y = (data.images[keep].float() / 255).to(device), data.labels[keep].to(device)
+    idx = data.indices[keep].tolist()
+
+    def streams(salt: int, rows: slice = slice(None)) -> list[torch.Generator]:  # streams == "image": one per image
+        return [image_generator(cfg.seed * 7919 + salt, i, device) for i in idx[rows]]
 
     def deployed(points: torch.Tensor, salt: int) -> list[int]:
         if not cfg.stochastic:
@@ -335,15 +360,24 @@ def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, dev
         with torch.no_grad():
             big = SoftSmoothed(model, "gaussian", cfg.sigma, m=cfg.lbound_m)
             big.generator = soft.generator
-            probs = torch.cat([big(x[i:i + 1]) for i in range(len(x))])
+            lbound_noise = streams(100) if cfg.streams == "image" else None
+            probs = torch.cat([big(x[i:i + 1]) if lbound_noise is None else _with(big, lbound_noise[i:i + 1], x[i:i + 1])
+                               for i in range(len(x))])
     else:
         with torch.no_grad():
             probs = model(x).softmax(1)
     out["l_bound"] = l_bound(probs, cfg.sigma).tolist()
+    if cfg.streams == "image":
+        soft.generator = None
     attacked = SoftSmoothedLogits(soft) if cfg.stochastic else model
     for k, name in enumerate(tqdm(ATTACKS, desc="attacks", disable=not progress)):
+        per_image = streams(200 + k) if cfg.stochastic and cfg.streams == "image" else None
+
+        def batch_noise(rows: slice) -> None:  # each image of the batch draws from its own generator
+            soft.generator = per_image[rows]
+
         dist, adv = adversarial_distances(attacked, name, x, y, cfg.eps, cfg.steps, batch_size=max(1, 3200 // cfg.attack_m)
-                                          if cfg.stochastic else 100)
+                                          if cfg.stochastic else 100, on_batch=batch_noise if per_image else None)
         out[name] = dist.tolist()
         found = torch.isfinite(dist)
         pred = np.full(len(idx), -2)  # -2: no adversarial point found
@@ -364,12 +398,24 @@ def robustness(name: str, profile: str, device: torch.device | str = "cpu", prog
 
     def compute(out, work):
         t = time.perf_counter()
-        log = _robustness_log(cfg, model, smooth, device, progress)
-        log.to_csv(out, sep="\t", index=False)
-        return {"images": len(log), "seconds": time.perf_counter() - t}
+        if cfg.shardable:  # under torchrun each rank attacks its images
+            images = test_subset("cifar10", cfg.every).indices.tolist()
+            log = sharded_table(work / "log.tsv", images, lambda pos: _robustness_log(cfg, model, smooth, device, progress, pos),
+                                {"key": config_key(cfg), "config": config_dict(cfg)}, device)
+        else:
+            log = _robustness_log(cfg, model, smooth, device, progress)
+        if world().main:
+            log.to_csv(out, sep="\t", index=False)
+        return {"images": len(log), "seconds": time.perf_counter() - t, **shard_provenance(work / "log.tsv")}
 
-    path, _ = store(profile).load_or_compute(cfg, compute, "tsv", device=device)
+    path, _ = store(profile).load_or_compute(cfg, compute, "tsv", device=device, sharded=cfg.shardable)
     return pd.read_csv(path, sep="\t")
+
+
+def _with(soft, generators: list[torch.Generator], x: torch.Tensor) -> torch.Tensor:
+    """``soft(x)`` with ``generators`` (one per input) for this call."""
+    soft.generator = generators
+    return soft(x)
 
 
 # -- Table 2: inference time ----------------------------------------------------------------------
