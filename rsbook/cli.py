@@ -102,6 +102,27 @@ def _bench_denoised(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_scaleout(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from .bench import write_json
+    from .bench_scaleout import ScaleoutConfig, bench_scaleout, format_scaleout
+
+    cfg = ScaleoutConfig(**{f.name: getattr(args, f.name) for f in fields(ScaleoutConfig)})
+    result = bench_scaleout(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_scaleout(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -170,6 +191,30 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--csv", help="also write the table as CSV here")
     c.add_argument("--force", action="store_true", help="overwrite --json/--csv files even with a run measured on a busy machine")
     c.set_defaults(func=_bench_certify)
+
+    from .bench_scaleout import ScaleoutConfig
+
+    so = ScaleoutConfig()
+    t = bench.add_parser("scaleout", help="one certification under torchrun with 1, 2, ... processes",
+                         description="Launches `torchrun --standalone --nproc-per-node=K` for each K in --procs on the same "
+                         "certification (sharded by image, merged by rank 0) and prints the wall time, each rank's "
+                         "certification seconds, the speed-up and whether the merged log equals the first K's.")
+    t.add_argument("--procs", type=_ints, default=so.procs, metavar="K1,K2,...")
+    t.add_argument("--model", default=so.model, choices=sorted(ARCHS))
+    t.add_argument("--dataset", default=so.dataset, choices=[k for k in DATASETS if k != "imagenet"])
+    t.add_argument("--weights", default=so.weights, help="'random' or a state-dict .pt")
+    t.add_argument("--noise", default=so.noise, choices=sorted(NOISES))
+    t.add_argument("--sigma", type=float, default=so.sigma)
+    t.add_argument("--n0", type=int, default=so.n0)
+    t.add_argument("--n", type=int, default=so.n)
+    t.add_argument("--alpha", type=float, default=so.alpha)
+    t.add_argument("--images", type=int, default=so.images, help="test images (from the embedded every-20th subset)")
+    t.add_argument("--device", default=so.device, help="cpu, auto (each rank its own GPU) or a fixed device such as cuda:0")
+    t.add_argument("--batch-size", dest="batch_size", type=int, default=so.batch_size, help="0: the engine's sweep")
+    t.add_argument("--seed", type=int, default=so.seed)
+    t.add_argument("--threads", type=int, default=so.threads, help="torch threads per process (0: cores / processes)")
+    t.add_argument("--json", help="also write the result as JSON here")
+    t.set_defaults(func=_bench_scaleout)
 
     q = bench.add_parser("sequential", help="the sequential certifier vs fixed-N certify with N = n_max",
                          description="Forward passes, wall time and decisions at the given radii of fixed-N "

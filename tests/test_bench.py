@@ -117,3 +117,22 @@ def test_bench_sequential_compares_fixed_and_sequential_on_the_same_images(capsy
     assert result["certified_accuracy"]["5"]["sequential"] == 0.0  # above both caps (3.2 sigma at N = 2,000)
     assert result["meta"]["forward_pass_ratio"] == (cfg.n0 + cfg.n) / seq["forward_passes_per_image"]
     assert "fewer" in format_sequential(result)
+
+
+def test_scaleout_projection_is_the_slowest_ranks_share():
+    import pytest
+
+    from rsbook.bench_scaleout import project
+    from rsbook.papers import appendix_speed, heat_smoothing
+
+    # 500 images on 8 ranks: the slowest holds ceil(500 / 8) = 63 images of 10,100 samples at 1,000 samples/s
+    assert project(500, 10_100, 1000.0, 8) == 63 * 10.1
+    assert project(3, 100, 10.0, 8) == 10.0  # more ranks than images: one image each
+    # chapter 3's paper plan by hand: 6 logs of 500 images, N = 10,000 (+ n0 = 100 for the 2 stochastic models)
+    certs = heat_smoothing.planned_work("paper")[1]
+    assert sorted(p.config.n0 + p.config.n if p.samples is None else p.samples for p in certs) == [10_000] * 4 + [10_100] * 2
+    table = appendix_speed.projected_paper_hours({"cifar_resnet34": (2000.0, "gpu")}, gpus=(1, 4)).set_index("chapter")
+    row = table.loc["3 (HeatSmoothing)"]
+    assert row["1 GPU"] == pytest.approx((4 * 500 * 10_000 + 2 * 500 * 10_100) / 2000 / 3600)
+    assert row["4 GPUs"] == pytest.approx((4 * 125 * 10_000 + 2 * 125 * 10_100) / 2000 / 3600)
+    assert row["not measured"] == "-" and table.loc["0 (Cohen et al.)", "logs"] == "0 of 31"

@@ -8,6 +8,7 @@ The ``cpu`` runs were measured on the book's 2-core build machine and are stored
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from ..bench import BenchConfig, DenoisedBenchConfig
 from ..book.profiles import check_profile, repo_root
 from . import cohen2019
 
-__all__ = ["CHAPTER", "MIXED_SIGMAS", "chapter0_weights", "runs", "denoised_runs"]
+__all__ = ["CHAPTER", "MIXED_SIGMAS", "chapter0_weights", "runs", "denoised_runs", "scaleout_results", "scaleout_live", "gpu_rates",
+           "projected_paper_hours", "SCALEOUT_GPUS"]
 
 CHAPTER = "benchmark"
 MIXED_SIGMAS = (0.12, 0.25, 0.50, 1.00)  # chapter 0's noise levels, one per image in turn
@@ -81,3 +83,79 @@ def denoised_runs(profile: str, device: str = "cpu", seed: int = 0) -> list[Deno
     if profile == "cpu":
         return [dataclasses.replace(base, n=1000, images=4, repeats=3)]
     return [dataclasses.replace(base, classifier="cifar_resnet110", n=10_000, images=4, repeats=3, compile="auto")]
+
+
+# -- scale-out under torchrun ---------------------------------------------------------------------
+
+SCALEOUT_GPUS = (1, 2, 4, 8, 16)
+
+
+def scaleout_results() -> dict[str, dict]:
+    """The committed ``rsbook bench scaleout`` results (``book/artifacts/benchmark/scaleout-*.json``), by file stem."""
+    from ..book.profiles import artifact_root
+
+    return {p.stem: json.loads(p.read_text()) for p in sorted((artifact_root() / CHAPTER).glob("scaleout-*.json"))}
+
+
+def scaleout_live(profile: str, device: str = "cpu", seed: int = 0) -> dict[str, dict]:
+    """A live ``rsbook bench scaleout`` at ``profile``: ``smoke`` / ``dry_run`` 1 vs 2 CPU processes on a tiny run
+    (``dry_run`` with the paper's ResNet-110); ``paper`` 1 process vs one per GPU at N = 100,000."""
+    import torch
+
+    from ..bench_scaleout import ScaleoutConfig, bench_scaleout
+
+    check_profile(profile)
+    if profile == "smoke":
+        cfg = ScaleoutConfig(model="cnn4", images=3, n0=10, n=200, device="cpu", seed=seed, procs=(1, 2), threads=1)
+    elif profile == "dry_run":
+        cfg = ScaleoutConfig(model="cifar_resnet110", images=2, n0=10, n=50, device="cpu", seed=seed, procs=(1, 2), threads=1,
+                             batch_size=32)
+    elif profile == "paper":
+        gpus = max(1, torch.cuda.device_count())
+        cfg = ScaleoutConfig(model="cifar_resnet110", images=4 * gpus, n=100_000, device=device, seed=seed,
+                             procs=(1, gpus) if gpus > 1 else (1,))
+    else:
+        raise ValueError("the cpu profile loads the committed scale-out runs (scaleout_results)")
+    return {f"live-{profile}": bench_scaleout(cfg, log=lambda m: None)}
+
+
+def gpu_rates(results: dict[str, dict]) -> dict[str, tuple[float, str]]:
+    """``{arch: (samples/s, device)}``: one-process certification rates measured on a GPU (the best per arch)."""
+    out: dict[str, tuple[float, str]] = {}
+    for res in results.values():
+        meta = res["meta"]
+        rate, arch = meta.get("one_process_samples_per_s"), meta["config"]["model"]
+        if rate and not meta["provenance"]["device"].startswith("cpu") and rate > out.get(arch, (0.0, ""))[0]:
+            out[arch] = (float(rate), meta["provenance"]["device"])
+    return out
+
+
+def projected_paper_hours(rates: dict[str, tuple[float, str]], gpus: tuple[int, ...] = SCALEOUT_GPUS):
+    """Expected certification hours of each chapter's ``paper`` profile on K GPUs, from measured one-process rates.
+
+    Every certification log of the chapter's plan whose architecture has a measured rate counts
+    ``ceil(images / K) * samples per image / rate`` (the slowest rank's share; logs run one after
+    another). Logs of unmeasured architectures are listed, not guessed. Training, start-up and the
+    merge are not included.
+    """
+    import pandas as pd
+
+    from ..bench_scaleout import project
+    from . import heat_smoothing, score_denoising
+
+    rows = []
+    for name, mod in (("0 (Cohen et al.)", cohen2019), ("1 (denoised smoothing)", score_denoising),
+                      ("3 (HeatSmoothing)", heat_smoothing)):
+        certs = mod.planned_work("paper")[1]
+        counted = [p for p in certs if p.arch in rates]
+        row = {"chapter": name, "logs": f"{len(counted)} of {len(certs)}",
+               "forward passes": sum(p.images * _samples(p) for p in counted)}
+        for k in gpus:
+            row[f"{k} GPU" + ("s" if k > 1 else "")] = sum(project(p.images, _samples(p), rates[p.arch][0], k) for p in counted) / 3600
+        row["not measured"] = ", ".join(sorted({p.arch for p in certs} - set(rates))) or "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _samples(p) -> int:
+    return p.samples if p.samples is not None else p.config.n0 + p.config.n
