@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import rsbook.bench as bench
 from rsbook.bench import BenchConfig, LoadMonitor, bench_certify, contention, format_table
@@ -120,8 +121,6 @@ def test_bench_sequential_compares_fixed_and_sequential_on_the_same_images(capsy
 
 
 def test_scaleout_projection_is_the_slowest_ranks_share():
-    import pytest
-
     from rsbook.bench_scaleout import project
     from rsbook.papers import appendix_speed, heat_smoothing
 
