@@ -202,8 +202,11 @@ class ArtifactStore:
             on_rank_zero(lambda: self.adopt(key, config_dict(config), tmp, ext, time.perf_counter() - start, extra, device),
                          f"storing {key}", w)
         else:
-            on_rank_zero(lambda: self.adopt(key, config_dict(config), tmp, ext, time.perf_counter() - start,
-                                            compute(tmp, work) or {}, device), f"computing {key}", w)
+            def alone() -> None:
+                extra = compute(tmp, work) or {}
+                self.adopt(key, config_dict(config), tmp, ext, time.perf_counter() - start, extra, device)
+
+            on_rank_zero(alone, f"computing {key}", w)
         return payload, self.metadata(config, ext)
 
     def adopt(self, key: str, config: dict[str, Any], tmp: Path, ext: str, wall: float, extra: dict[str, Any],

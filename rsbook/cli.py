@@ -123,6 +123,23 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _certification_arguments(p: argparse.ArgumentParser, d, n: int | None = None, n_help: str | None = None) -> None:
+    """The arguments that say which certification a benchmark runs (defaults from its config ``d``)."""
+    from .core.noise import NOISES
+    from .data import DATASETS
+    from .models import ARCHS
+
+    p.add_argument("--model", default=d.model, choices=sorted(ARCHS))
+    p.add_argument("--dataset", default=d.dataset, choices=[k for k in DATASETS if k != "imagenet"])
+    p.add_argument("--weights", default=d.weights, help="'random' or a state-dict .pt (e.g. a trained-model artifact)")
+    p.add_argument("--noise", default=d.noise, choices=sorted(NOISES))
+    p.add_argument("--sigma", type=float, default=d.sigma)
+    p.add_argument("--n0", type=int, default=d.n0)
+    p.add_argument("--n", type=int, default=d.n if n is None else n, help=n_help)
+    p.add_argument("--alpha", type=float, default=d.alpha)
+    p.add_argument("--images", type=int, default=d.images, help="test images (from the embedded every-20th subset)")
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -200,15 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                          "certification (sharded by image, merged by rank 0) and prints the wall time, each rank's "
                          "certification seconds, the speed-up and whether the merged log equals the first K's.")
     t.add_argument("--procs", type=_ints, default=so.procs, metavar="K1,K2,...")
-    t.add_argument("--model", default=so.model, choices=sorted(ARCHS))
-    t.add_argument("--dataset", default=so.dataset, choices=[k for k in DATASETS if k != "imagenet"])
-    t.add_argument("--weights", default=so.weights, help="'random' or a state-dict .pt")
-    t.add_argument("--noise", default=so.noise, choices=sorted(NOISES))
-    t.add_argument("--sigma", type=float, default=so.sigma)
-    t.add_argument("--n0", type=int, default=so.n0)
-    t.add_argument("--n", type=int, default=so.n)
-    t.add_argument("--alpha", type=float, default=so.alpha)
-    t.add_argument("--images", type=int, default=so.images, help="test images (from the embedded every-20th subset)")
+    _certification_arguments(t, so)
     t.add_argument("--device", default=so.device, help="cpu, auto (each rank its own GPU) or a fixed device such as cuda:0")
     t.add_argument("--batch-size", dest="batch_size", type=int, default=so.batch_size, help="0: the engine's sweep")
     t.add_argument("--seed", type=int, default=so.seed)
@@ -220,16 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                          description="Forward passes, wall time and decisions at the given radii of fixed-N "
                          "certify and of the anytime-valid sequential certifier (n_max = --n), on the same images "
                          "and model, in one run.")
-    q.add_argument("--model", default=d.model, choices=sorted(ARCHS))
-    q.add_argument("--dataset", default=d.dataset, choices=[k for k in DATASETS if k != "imagenet"])
-    q.add_argument("--weights", default=d.weights, help="'random' or a state-dict .pt (e.g. a trained-model artifact)")
-    q.add_argument("--noise", default=d.noise, choices=sorted(NOISES))
-    q.add_argument("--sigma", type=float, default=d.sigma)
-    q.add_argument("--n0", type=int, default=d.n0)
-    q.add_argument("--n", type=int, default=10_000, help="fixed N, and the sequential run's n_max")
-    q.add_argument("--alpha", type=float, default=d.alpha)
+    _certification_arguments(q, d, n=10_000, n_help="fixed N, and the sequential run's n_max")
     q.add_argument("--radii", type=_floats, default=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5), metavar="R1,R2,...")
-    q.add_argument("--images", type=int, default=d.images, help="test images (from the embedded every-20th subset)")
     q.add_argument("--device", default=d.device)
     q.add_argument("--precision", default=d.precision, choices=PRECISIONS)
     q.add_argument("--compile", default=d.compile, choices=["auto", "on", "off"])

@@ -68,6 +68,8 @@ def test_three_processes_give_the_one_process_log(tmp_path, one_process):
     assert [s["rank"] for s in meta["shards"]] == [0, 1, 2] and {s["world"] for s in meta["shards"]} == {3}
     assert [s["rows"] for s in meta["shards"]] == [5, 4, 4]  # 13 images, round-robin
     assert not (tmp_path / ".work" / meta["key"]).exists()  # the shards are gone once stored
+    # a stored result that is not sharded is computed once, by rank 0 alone, nested stores included
+    assert (tmp_path / "computed.txt").read_text().splitlines() == ["outer on rank 0: rank 0 of 1", "nested on rank 0: rank 0 of 1"]
     # a per-image table (the attack runner's way) is the one a single process computes, bit for bit
     single = tc.table(tmp_path / "single")
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "table.result.tsv", sep="\t"), single)

@@ -71,6 +71,29 @@ def run(store: ArtifactStore, kill: tuple[int, int] | None = None, sequential: b
     return certification_log(cfg, Smooth(model, 2, ("gaussian", 0.3)), dataset(), store, batch_size=50, progress=False)
 
 
+@dataclass(frozen=True)
+class Once:
+    nested: bool = False
+
+
+def computed_once(store: ArtifactStore) -> str:
+    """A stored result (not sharded) whose computation loads another stored result: rank 0 computes
+    both, alone, and every rank then reads them. Each computation appends its rank's world to
+    ``STORE/computed.txt``, so a test can count them."""
+
+    def compute(out: Path, work: Path, nested: bool) -> None:
+        with open(Path(store.root) / "computed.txt", "a") as f:
+            f.write(f"{'nested' if nested else 'outer'} on rank {os.environ.get('RANK', 0)}: {world()}\n")
+        if not nested:
+            inner, _ = store.load_or_compute(Once(True), lambda o, w: compute(o, w, True), "txt")
+            out.write_text("outer after " + inner.read_text())
+        else:
+            out.write_text("inner")
+
+    path, _ = store.load_or_compute(Once(), lambda o, w: compute(o, w, False), "txt")
+    return path.read_text()
+
+
 def table(folder: Path):
     """A per-image table whose rows depend only on each image's own generator: what ``sharded_table`` splits."""
     images = [int(i) for i in dataset().indices]
@@ -88,6 +111,8 @@ def table(folder: Path):
 if __name__ == "__main__":
     args = sys.argv[1:]
     kill = (int(args[args.index("--kill") + 1]), int(args[args.index("--kill") + 2])) if "--kill" in args else None
+    if kill is None and "--sequential" not in args:
+        assert computed_once(ArtifactStore(args[0])) == "outer after inner"
     run(ArtifactStore(args[0]), kill, "--sequential" in args)
     if kill is None and "--sequential" not in args:
         table(Path(args[0])).to_csv(Path(args[0]) / "table.result.tsv", sep="\t", index=False)

@@ -20,7 +20,8 @@ takes the images at positions ``r, r + K, ...``, writes its own resumable log be
 log, and rank 0 merges the shards into the log a one-process run writes, ordered as the
 dataset, with every shard's provenance (:mod:`rsbook.core.shards`). Since an image's noise
 depends only on ``(seed, idx)``, its row does not depend on how many ranks ran or which one
-took it. A killed rank is resumed by rerunning the same command.
+took it (up to the floating-point differences another batch composition can cause in the
+forward pass). A killed rank is resumed by rerunning the same command.
 """
 
 from __future__ import annotations
