@@ -46,9 +46,8 @@ from .certify import Smooth
 from .engine import Item, as_noise
 from .noise import Noise
 from .sequential import Sequential
-from .shards import (_FLOAT_FORMAT, ShardError, finish_shard, foreign_shards, merge_shards, read_shard_run, shard_path, shard_provenance, shard_world,
-                     shards_record,
-                     start_shard, write_merged)
+from .shards import (ShardError, finish_shard, foreign_shards, merge_into, read_shard_run, shard_path, shard_provenance, shard_world,
+                     shards_record, start_shard)
 
 __all__ = [
     "CertifyConfig",
@@ -286,11 +285,7 @@ def certify_dataset(
         finish_shard(mine, len(done) + len(todo), len(todo), time.perf_counter() - t_start)
         barrier(w)  # every shard complete
 
-        def merge() -> None:
-            log, records = merge_shards(log_path, w.size, run, read_log)
-            write_merged(log_path, log, records, _FLOAT_FORMAT)
-
-        on_rank_zero(merge, f"merging the shards of {log_path}", w)
+        on_rank_zero(lambda: merge_into(log_path, w.size, run, read_log), f"merging the shards of {log_path}", w)
     log = read_log(log_path).set_index("idx").loc[images].reset_index()
     return log
 
@@ -385,8 +380,7 @@ def merge_certification(path: str | Path) -> tuple[Path, Path | None]:
     size = shard_world(log_path)
     run = read_shard_run(log_path, size)
     start = time.perf_counter()
-    log, records = merge_shards(log_path, size, run, read_log)
-    write_merged(log_path, log, records, _FLOAT_FORMAT)
+    log, records = merge_into(log_path, size, run, read_log)
     work, ident = log_path.parent, run.get("config") or {}
     if work.parent.name != ".work" or not isinstance(ident, dict) or ident.get("key") != work.name:
         return log_path, None

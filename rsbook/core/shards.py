@@ -27,10 +27,13 @@ from ..distributed import World, barrier, on_rank_zero, shard_positions, world
 from ..provenance import provenance
 
 __all__ = ["ShardError", "shard_path", "shard_sidecar", "shards_record", "foreign_shards", "start_shard", "finish_shard",
-           "read_shard_run", "merge_shards", "write_merged", "shard_world", "sharded_table",
+           "read_shard_run", "merge_shards", "merge_into", "shard_world", "sharded_table",
            "shard_provenance"]
 
 _RANK_FILE = re.compile(r"^(?P<stem>.+)\.rank(?P<rank>\d+)-of-(?P<size>\d+)$")
+
+
+FLOAT_FORMAT = {"float_format": lambda v: repr(float(v)), "lineterminator": "\n"}  # to_csv: floats that read back exactly
 
 
 class ShardError(ValueError):
@@ -175,10 +178,13 @@ def merge_shards(log_path: Path, size: int, run: dict[str, Any], read) -> tuple[
     return log, records
 
 
-def write_merged(log_path: Path, log: pd.DataFrame, records: list[dict[str, Any]], fmt: dict[str, Any]) -> None:
-    """Write the merged log to ``log_path`` (atomically) and the shards' records beside it."""
-    atomic_write_text(log_path, log.to_csv(sep="\t", index=False, **fmt))
+def merge_into(log_path: Path, size: int, run: dict[str, Any], read) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """:func:`merge_shards`, then write the merged log to ``log_path`` (atomically, floats at full
+    precision) and the shards' records beside it (:func:`shards_record`)."""
+    log, records = merge_shards(log_path, size, run, read)
+    atomic_write_text(log_path, log.to_csv(sep="\t", index=False, **FLOAT_FORMAT))
     atomic_write_text(shards_record(log_path), json.dumps(records, indent=2, sort_keys=True) + "\n")
+    return log, records
 
 
 def shard_provenance(log_path: Path) -> dict[str, Any]:
@@ -210,16 +216,10 @@ def sharded_table(log_path: Path, images: list[int], compute: Callable[[list[int
         start_shard(mine, run, w, device)
         t = time.perf_counter()
         rows = compute(shard_positions(len(images), w))
-        atomic_write_text(mine, rows.to_csv(sep="\t", index=False, **_FLOAT_FORMAT))
+        atomic_write_text(mine, rows.to_csv(sep="\t", index=False, **FLOAT_FORMAT))
         finish_shard(mine, len(rows), len(rows), time.perf_counter() - t)
     barrier(w)
 
-    def merge() -> None:
-        table, records = merge_shards(log_path, w.size, run, lambda p: pd.read_csv(p, sep="\t"))
-        write_merged(log_path, table, records, _FLOAT_FORMAT)
-
-    on_rank_zero(merge, f"merging the shards of {log_path}", w)
+    on_rank_zero(lambda: merge_into(log_path, w.size, run, lambda p: pd.read_csv(p, sep="\t")), f"merging the shards of {log_path}", w)
     return pd.read_csv(log_path, sep="\t")
 
-
-_FLOAT_FORMAT = {"float_format": lambda v: repr(float(v)), "lineterminator": "\n"}
