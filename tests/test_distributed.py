@@ -182,3 +182,18 @@ def test_the_merge_refuses_a_shard_of_another_config(shards, tmp_path, monkeypat
 def test_a_one_process_run_does_not_overrun_shards_of_a_torchrun_run(shards):
     with pytest.raises(ShardError, match="rank0-of-3.tsv"):
         certify_dataset(*_toy_args(shards))
+
+
+@pytest.mark.slow
+def test_a_chapter_runs_under_torchrun(tmp_path):
+    """Chapter 3 at dry_run (its models, sharded certification and attack logs, the ImageNet path) with 2 ranks:
+    rank 0 trains and fine-tunes alone, every rank certifies its shard, both executed notebooks come out."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["RSBOOK_DATA"] = str(tmp_path / "no-data")  # the dry run needs no dataset
+    out = tmp_path / "ch3.ipynb"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "rsbook", "run",
+           "03_heat_smoothing", "-p", "profile", "dry_run", "-o", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=Path(tc.__file__).parents[1])
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert done.stdout.count("03_heat_smoothing: ok") == 2
+    assert out.exists() and out.with_name("ch3.rank1.ipynb").exists()

@@ -450,25 +450,31 @@ def synthetic_imagenet(folder: str, classes: int = 2, per_class: int = 2, resolu
                        score_width: int = 8, seed: int = 0, splits: tuple[str, ...] = ("val",)) -> ImageNetRun:
     """A tiny folder in ImageNet's layout (random JPEGs) and random-weight networks saved beside
     it: what the ``dry_run`` profile and the tests run the ImageNet path on. Its certificates
-    mean nothing; it exercises loading, packing, the engine and the log."""
+    mean nothing; it exercises loading, packing, the engine and the log. Under torchrun rank 0
+    writes it (into ``folder``, which every rank must see) while the other ranks wait."""
     from pathlib import Path
 
     import numpy as np
     from PIL import Image
 
     from ..denoiser_models import ScoreUNet
+    from ..distributed import on_rank_zero
     from ..models import build_model
 
     root = Path(folder)
-    rng = np.random.default_rng(seed)
-    for split in splits:
-        for c in range(classes):
-            d = root / split / f"n{c:08d}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (resolution + 16, resolution + 16, 3), dtype=np.uint8)).save(d / f"{i}.JPEG")
-    torch.manual_seed(seed)
-    torch.save(build_model("resnet50", "imagenet", 1000)[1].state_dict(), root / "resnet50.pth")
-    torch.save(ScoreUNet(3, score_width).state_dict(), root / "score.pth")
+
+    def write() -> None:
+        rng = np.random.default_rng(seed)
+        for split in splits:
+            for c in range(classes):
+                d = root / split / f"n{c:08d}"
+                d.mkdir(parents=True, exist_ok=True)
+                for i in range(per_class):
+                    Image.fromarray(rng.integers(0, 256, (resolution + 16, resolution + 16, 3), dtype=np.uint8)).save(d / f"{i}.JPEG")
+        torch.manual_seed(seed)
+        torch.save(build_model("resnet50", "imagenet", 1000)[1].state_dict(), root / "resnet50.pth")
+        torch.save(ScoreUNet(3, score_width).state_dict(), root / "score.pth")
+
+    on_rank_zero(write, f"writing the synthetic ImageNet folder {root}")
     return ImageNetRun(str(root), str(root / "resnet50.pth"), str(root / "score.pth"), score_width=score_width,
                        resolution=resolution, every=1, n0=4, n=16, seed=seed)
