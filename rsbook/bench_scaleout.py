@@ -86,12 +86,14 @@ def _worker(cfg: ScaleoutConfig, store: str) -> None:
 
 def bench_scaleout(cfg: ScaleoutConfig, log=print) -> dict[str, Any]:
     """Run ``cfg`` at each process count; returns ``{"meta", "rows"}`` (see the module docstring)."""
+    from .core.runner import read_log
+    from .distributed import fresh_launch_env
     from .provenance import provenance
 
     rows, first = [], None
     for k in cfg.procs:
         store = tempfile.mkdtemp(prefix=f"rsbook-scaleout-{k}-")
-        env = {key: v for key, v in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+        env = fresh_launch_env()
         env["OMP_NUM_THREADS"] = str(_threads(cfg, k))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={k}", "-m", "rsbook.bench_scaleout",
                json.dumps(asdict(cfg)), store]
@@ -103,8 +105,6 @@ def bench_scaleout(cfg: ScaleoutConfig, log=print) -> dict[str, Any]:
             raise RuntimeError(f"the {k}-process run failed:\n{done.stderr[-4000:]}")
         meta_path = next(p for p in Path(store).glob("certifyconfig-*.json"))
         meta = json.loads(meta_path.read_text())
-        from .core.runner import read_log
-
         logdf = read_log(meta_path.with_suffix(".tsv"))
         first = logdf if first is None else first
         shards = meta.get("shards") or [{"rank": 0, "rows": meta["images"], "sessions": [{"seconds": meta["certify_seconds"]}]}]

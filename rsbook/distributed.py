@@ -24,11 +24,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-__all__ = ["World", "world", "shard_positions", "barrier", "broadcast", "all_gather", "on_rank_zero", "check_shared_folder",
+__all__ = ["World", "world", "fresh_launch_env", "shard_positions", "barrier", "broadcast", "all_gather", "on_rank_zero", "check_shared_folder",
            "WAIT_TIMEOUT"]
 
 WAIT_TIMEOUT = timedelta(days=7)  # how long a rank may wait for another (rank 0 training a model, a slow shard)
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+_RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT")
 T = TypeVar("T")
 
 
@@ -85,6 +86,12 @@ def _launched() -> World:
         raise ValueError(f"WORLD_SIZE={size} but MASTER_ADDR/MASTER_PORT are not set: launch the processes with "
                          "`torchrun --nproc-per-node=K ...` (it sets them)")
     return World(rank, size, local)
+
+
+def fresh_launch_env() -> dict[str, str]:
+    """This process's environment without the rank and rendezvous variables, for starting a new,
+    independent ``torchrun`` from it (a benchmark or a test), even from inside a torchrun rank."""
+    return {k: v for k, v in os.environ.items() if k not in (*_ENV, *_RENDEZVOUS)}
 
 
 def shard_positions(count: int, w: World) -> list[int]:

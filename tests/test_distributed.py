@@ -6,7 +6,6 @@ The torchrun runs launch ``tests/torchrun_certify.py`` on CPU (gloo), as a user 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,14 +20,14 @@ from rsbook.cli import main as cli
 from rsbook.core import runner
 from rsbook.core.runner import certify_dataset, merge_certification, read_log
 from rsbook.core.shards import ShardError
-from rsbook.distributed import World, shard_positions, world
+from rsbook.distributed import World, fresh_launch_env, shard_positions, world
 
 SCRIPT = Path(tc.__file__)
 KEEP = ["idx", "label", "predict", "radius", "correct", "noise", "sigma"]  # every column but the wall time
 
 
 def _torchrun(store: Path, *extra: str, procs: int = 3) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = fresh_launch_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", str(SCRIPT), str(store), *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -188,7 +187,7 @@ def test_a_one_process_run_does_not_overrun_shards_of_a_torchrun_run(shards):
 def test_a_chapter_runs_under_torchrun(tmp_path):
     """Chapter 3 at dry_run (its models, sharded certification and attack logs, the ImageNet path) with 2 ranks:
     rank 0 trains and fine-tunes alone, every rank certifies its shard, both executed notebooks come out."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = fresh_launch_env()
     env["RSBOOK_DATA"] = str(tmp_path / "no-data")  # the dry run needs no dataset
     out = tmp_path / "ch3.ipynb"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "rsbook", "run",
