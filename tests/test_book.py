@@ -3,10 +3,11 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rsbook import cli
-from rsbook.book.claims import Claims, numeric_verdict, qualitative_verdict
+from rsbook.book.claims import Check, Claims, exact, greater, mean, median, numeric_verdict, proportion, qualitative_verdict
 from rsbook.book.pipeline import UnknownParameterError, build_book, chapters, coerce_parameters, read_parameters, run_notebook
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def test_one_parameters_cell_shows_the_values_used_and_claims_are_written(tmp_pa
     _fake_book(tmp_path, monkeypatch,
                "```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = \"cpu\"  # which profile\nseed = 0\n```\n\n"
                "```{code-cell} ipython3\nfrom rsbook.book.claims import Claims\nc = Claims('nb', profile)\n"
-               "c.numeric('x', 0.5, 0.52)\nc.show()\n```\n")
+               "from rsbook.book.claims import proportion\nc.numeric('x', 0.5, proportion(52, 100))\nc.show()\n```\n")
     result = run_notebook("nb", tmp_path / "out" / "nb.ipynb", {"profile": "smoke"})
     assert result.status == "ok", result.error
     nb = json.loads((tmp_path / "out" / "nb.ipynb").read_text())
@@ -78,15 +79,53 @@ def test_one_parameters_cell_shows_the_values_used_and_claims_are_written(tmp_pa
     assert claims["profile"] == "smoke" and claims["claims"][0]["verdict"] == "reproduced"
 
 
-def test_verdict_rule():
-    assert [numeric_verdict(0.43, o) for o in (0.48, 0.381, 0.35, 0.30)] == ["reproduced", "reproduced", "partly", "not reproduced"]
-    assert qualitative_verdict([True, True]) == "reproduced" and qualitative_verdict([True, False]) == "partly"
-    assert qualitative_verdict(False) == "not reproduced"
+def test_numbers_are_judged_by_their_confidence_interval_widened_by_the_margin():
+    # Clopper-Pearson by hand: the 2.5 % and 97.5 % Beta quantiles
+    from scipy.stats import beta
+
+    e = proportion(40, 100)
+    assert e.low == pytest.approx(beta.ppf(0.025, 40, 61)) and e.high == pytest.approx(beta.ppf(0.975, 41, 60))
+    assert [numeric_verdict(p, e, 0.05) for p in (0.40, e.low - 0.049, e.high + 0.051, 0.75)] == [
+        "reproduced", "reproduced", "not reproduced", "not reproduced"]
+    assert numeric_verdict(0.5, proportion(400, 1000), 0.05) == "not reproduced"  # more images, a narrower interval
     c = Claims("ch", "cpu")
-    row = c.numeric("acc at r = 1.5", 0.09, 0.0, comparable=False, why="above our cap")
+    row = c.numeric("acc at r = 1.5", 0.09, proportion(0, 100), comparable=False, why="above our cap")
     assert row.verdict == "not comparable" and row.reason == "above our cap"
-    assert c.numeric("acc", 0.43, 0.33).reason == "ours lower by 0.10"
-    assert json.loads(c.to_json())["claims"][1]["verdict"] == "partly"
+    assert c.numeric("acc", 0.45, proportion(33, 100), margin=0.0).verdict == "not reproduced"
+    assert json.loads(c.to_json())["claims"][1]["margin"] == 0.0
+    with pytest.raises(TypeError, match="must be an Estimate"):
+        c.numeric("acc", 0.43, 0.33)
+
+
+def test_the_median_interval_covers_the_population_median_at_its_level():
+    rng = np.random.default_rng(1)
+    hits = [(lambda e: e.low <= 0.0 <= e.high)(median(rng.standard_normal(41))) for _ in range(2000)]
+    assert 0.94 <= np.mean(hits) <= 0.99  # distribution-free: at least 95 % (discrete, so a little more)
+    e = median([0.1, 0.2, 0.3, np.inf, np.inf])  # an attack that found nothing counts as a large distance
+    assert e.value == 0.3 and e.high == np.inf
+    m = mean(rng.normal(1.0, 1.0, 400))
+    assert m.low < 1.0 < m.high and m.high - m.low == pytest.approx(2 * 1.966 / 20, rel=0.05)
+    assert exact(3.0).low == exact(3.0).high == 3.0
+
+
+def test_comparisons_hold_fail_or_stay_undecided():
+    rng = np.random.default_rng(2)
+    base = rng.exponential(1.0, 80)
+    assert greater(base + 0.5, base + rng.normal(0, 0.1, 80)).outcome is True
+    assert greater(base, base + 0.5).outcome is False
+    assert greater(base + rng.normal(0, 0.01, 80), base + rng.normal(0, 0.01, 80)).outcome is None
+    wins = np.r_[np.ones(12), np.zeros(80)]  # 12 discordant images, all in a's favour: sign test p = 2^-12
+    check = greater(wins, np.zeros(92))
+    assert check.outcome is True and "p = 0.000244" in check.test
+    assert greater(np.r_[np.ones(3), np.zeros(5)], np.r_[np.zeros(3), np.ones(5)]).outcome is None  # 3 vs 5: undecided
+    assert qualitative_verdict([True, True]) == "reproduced" and qualitative_verdict([True, Check(False, "")]) == "partly"
+    assert qualitative_verdict(False) == "not reproduced" and qualitative_verdict([Check(None, "")]) == "inconclusive"
+    assert qualitative_verdict([Check(None, ""), False]) == "not reproduced"
+    c = Claims("ch", "cpu")
+    row = c.qualitative("a > b", "a > b", "a > b", [greater(base + 0.5, base)], test="paired")
+    assert row.verdict == "reproduced" and row.test.startswith("paired; a > b: one-sided p")
+    assert c.not_reproduced_here("Table 3", "needs ImageNet").verdict == "not comparable"
+    assert c.counts()["reproduced"] == 1 and c.counts()["not comparable"] == 1
 
 
 @pytest.mark.slow

@@ -6,10 +6,24 @@ implicit Euler step of length ``h = 1 / n_T`` is the variational problem (their 
     f^{k+1} = argmin_v  E_x[ 1/2 || v(x) - f^k(x) ||^2 + c * sigma^2 / 2 * || grad_x v(x) ||^2 ],
 
 with ``f^k`` a frozen copy of the model at the start of timestep ``k``, and no labels. After
-``n_T`` timesteps the deterministic model approximates the Gaussian average of ``f``, and is
+``n_T`` timesteps the deterministic model approximates a Gaussian average of ``f``, and is
 certified with one forward pass for the class (deterministic certification,
-``Smooth.certify_given``). The paper's Algorithm 1 uses ``c = 1``; eq. (15) has ``c = h``:
-``penalty_scale`` selects it (default 1, Algorithm 1 as printed).
+``Smooth.certify_given``).
+
+**Which Gaussian average.** With a uniform data density the minimizer solves the
+Euler-Lagrange equation ``v - f^k = c sigma^2 Laplacian(v)``: an implicit Euler step of the heat
+equation that adds ``2 c sigma^2`` to the variance of the Gaussian kernel. After ``n_T``
+steps the model targets the average at ``sigma * sqrt(2 n_T c)`` (:func:`target_sigma`):
+
+* ``c = h / 2`` (``penalty_scale="h/2"``): the paper's eqs. (11)-(14), whose Euler-Lagrange
+  equation (14) is ``v - f^k = (h sigma^2 / 2) Laplacian(v)`` and whose limit is eq. (6) at
+  ``t = 1``: the average at ``sigma`` itself;
+* ``c = h`` (``"h"``): the paper's eq. (15) as printed (its first term carries a 1/2 that
+  eq. (13) lacks): ``sigma sqrt(2)``;
+* ``c = 1`` (the default, Algorithm 1 as printed, which drops ``h``): ``sigma sqrt(2 n_T)``,
+  0.32 for ``sigma = 0.1``, ``n_T = 5``.
+
+A model certified at ``sigma`` should therefore be trained with ``c = h / 2``.
 
 The Jacobian norm is estimated as in their Appendix B: ``kappa`` random ``w ~ N(0, I / K)``
 (``K`` outputs), ``g = grad_x (w . v(x))``, ``d = g / ||g||`` (0 where ``g = 0``), detached, and
@@ -34,7 +48,7 @@ from torch import nn
 
 from ..training.fit import Batch
 
-__all__ = ["jacobian_norm_estimate", "HeatSmoothing", "l_bound", "heat_step_1d", "heat_flow_1d", "adversarial_distance_1d"]
+__all__ = ["jacobian_norm_estimate", "HeatSmoothing", "penalty_constant", "target_sigma", "l_bound", "heat_step_1d", "heat_flow_1d", "adversarial_distance_1d"]
 
 
 def jacobian_norm_estimate(v: nn.Module, x: torch.Tensor, kappa: int = 10, delta: float = 0.1,
@@ -56,6 +70,33 @@ def jacobian_norm_estimate(v: nn.Module, x: torch.Tensor, kappa: int = 10, delta
     return total
 
 
+PENALTIES = ("h/2", "h")
+
+
+def penalty_constant(penalty_scale: float | str, timesteps: int) -> float:
+    """``c`` of the loss: a number, or ``"h/2"`` / ``"h"`` with ``h = 1 / timesteps``.
+
+    >>> penalty_constant("h/2", 5), penalty_constant("h", 4), penalty_constant(1, 5)
+    (0.1, 0.25, 1.0)
+    """
+    if isinstance(penalty_scale, str):
+        if penalty_scale not in PENALTIES:
+            raise ValueError(f"penalty_scale must be a number or one of {PENALTIES}, got {penalty_scale!r}")
+        return (0.5 if penalty_scale == "h/2" else 1.0) / timesteps
+    return float(penalty_scale)
+
+
+def target_sigma(sigma: float, timesteps: int, penalty_scale: float | str = 1.0) -> float:
+    """The Gaussian smoothing level that ``timesteps`` heat steps with penalty ``c`` target:
+    ``sigma * sqrt(2 * timesteps * c)`` (see the module docstring; exact for a uniform data density
+    in the limit of many steps, where the implicit steps' kernel has this variance at every ``n_T``).
+
+    >>> round(target_sigma(0.1, 5, "h/2"), 6), round(target_sigma(0.1, 5, 1.0), 4)
+    (0.1, 0.3162)
+    """
+    return float(sigma) * math.sqrt(2 * timesteps * penalty_constant(penalty_scale, timesteps))
+
+
 class HeatSmoothing:
     """Training step: one implicit heat-equation step per timestep (see the module docstring).
 
@@ -65,7 +106,8 @@ class HeatSmoothing:
             the frozen copy ``f^k`` is refreshed at the first epoch of each timestep.
         timesteps: ``n_T`` (5 on CIFAR-10); ``h = 1 / n_T``.
         kappa, delta: random projections and finite-difference step of the Jacobian estimate.
-        penalty_scale: ``c`` in the loss: 1 (Algorithm 1) or ``"h"`` (eq. (15)).
+        penalty_scale: ``c`` in the loss: 1 (Algorithm 1), ``"h"`` (eq. (15)) or ``"h/2"`` (eqs. (11)-(14),
+            which targets the average at ``sigma``; :func:`target_sigma`).
         imagenet_variant: softmax outputs in the distance term and noise on half the batch.
 
     The frozen copy is part of the step's state and survives a resumed run.
@@ -77,7 +119,7 @@ class HeatSmoothing:
             raise ValueError("need sigma > 0, epochs_per_timestep >= 1, timesteps >= 1, kappa >= 1 and delta > 0")
         self.sigma, self.epochs_per_timestep, self.timesteps = float(sigma), int(epochs_per_timestep), int(timesteps)
         self.kappa, self.delta, self.imagenet_variant = int(kappa), float(delta), bool(imagenet_variant)
-        self.c = 1.0 / timesteps if penalty_scale == "h" else float(penalty_scale)
+        self.c = penalty_constant(penalty_scale, timesteps)
         self.frozen: nn.Module | None = None
         self._pending: dict | None = None  # the frozen copy's weights from a checkpoint
 

@@ -110,6 +110,7 @@ class Settings:
     certify_batch: int | None = None
     batch_size: int = 128  # the fine-tunings' batch (the base models': chapter 0's recipe, 256)
     heat_lr: float = 0.01  # SGD, momentum 0.9, constant (the paper's stated ImageNet optimizer)
+    heat_penalty: float | str = "h/2"  # c of the loss: "h/2" targets the average at sigma (rsbook.methods.heat.target_sigma)
     attack_streams: str = "image"  # the attacks' Monte Carlo noise: one generator per image, or per "run" (cpu's artifacts)
 
 
@@ -176,7 +177,7 @@ def model_config(name: str, profile: str, seed: int = 0) -> TrainConfig | HeatCo
     if name == "rs":
         return _train_config(s.sigma, profile, seed)
     heat = dict(sigma=s.sigma, kappa=s.kappa, delta=s.delta, max_batches=s.max_batches, batch_size=s.batch_size, lr=s.heat_lr,
-                seed=seed)
+                penalty_scale=s.heat_penalty, seed=seed)
     if name == "heat":
         return HeatConfig(model_config("baseline", profile, seed), timesteps=s.heat_timesteps,
                           epochs_per_timestep=s.heat_epochs_per_timestep, train_subset=s.heat_subset, **heat)

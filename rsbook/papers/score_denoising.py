@@ -101,7 +101,7 @@ _SETTINGS = {
                       anneal=Anneal(levels=2, steps=1), certify_batch=128),
     # the published book on 2 CPU cores (see the chapter for the budget)
     "cpu": Settings(score_width=24, score_epochs=5, score_batch=128, score_lr=2e-3, dncnn_depth=8, dncnn_width=32,
-                    dncnn_epochs=1, train_subset=0, max_batches=0, every=100, multi_every=250, n0=100, n=1000,
+                    dncnn_epochs=1, train_subset=0, max_batches=0, every=100, multi_every=100, n0=100, n=1000,
                     anneal=Anneal(levels=3, steps=1), white_box_epochs=5),
     # the paper's certification (N = 10,000, alpha = 0.001, 500 images, ResNet-110); the score
     # network's size and training and the schedule (L, T) are this book's choices (not given)

@@ -54,7 +54,7 @@ class HeatConfig:
     epochs_per_timestep: int = 1
     kappa: int = 10
     delta: float = 0.1
-    penalty_scale: float = 1.0  # c in the loss: 1 as the paper's Algorithm 1 (see rsbook.methods.heat)
+    penalty_scale: float | str = 1.0  # c in the loss: 1 (Algorithm 1), "h" (eq. 15) or "h/2" (target sigma; rsbook.methods.heat)
     imagenet_variant: bool = False
     batch_size: int = 128
     lr: float = 0.01
