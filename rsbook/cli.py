@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .book.profiles import PROFILES
 
+if TYPE_CHECKING:
+    from .distributed import World
+
 
 def _run(args: argparse.Namespace) -> int:
-    from .book.pipeline import notebook_source, run_notebook
+    from .book.pipeline import format_parameters, notebook_source, run_notebook
 
     src = notebook_source(args.notebook)
+    if args.list_parameters:
+        print(f"{src.stem}: parameters (set with -p NAME VALUE; defaults shown)\n{format_parameters(src)}")
+        return 0
     params = dict(args.param or [])
     out = Path(args.output) if args.output else Path("runs") / f"{src.stem}.ipynb"
     from .distributed import world
@@ -20,11 +27,84 @@ def _run(args: argparse.Namespace) -> int:
     w = world()
     if w.distributed and not w.main:  # under torchrun every rank runs the chapter; rank 0's notebook is the result
         out = out.with_name(f"{out.stem}.rank{w.rank}{out.suffix}")
-    result = run_notebook(src, out, params, log_output=args.log_output)
+    shared = _shared_tmp(out, src.stem) if w.distributed else None
+    try:
+        result = run_notebook(src, out, params, log_output=args.log_output, tmp_dir=shared)
+    finally:
+        if shared is not None:
+            _release_shared_tmp(shared, w)
     print(f"{result.chapter}: {result.status} in {result.seconds:.0f} s on {result.device}; executed notebook: {result.output}")
     if result.error:
         print(result.error, file=sys.stderr)
     return 0 if result.status == "ok" else 1
+
+
+#: How long rank 0 waits, after its own run, for the other ranks to finish with its temporary stores.
+SHARED_TMP_WAIT_S = 600.0
+
+
+def _shared_tmp(out: Path, chapter: str) -> Path:
+    """Under torchrun: the folder for this launch's temporary stores (``smoke``, ``dry_run``), the same
+    on every rank without communication: ``<output folder>/.tmp/<chapter>-<launch>``. Rank 0's kernel
+    creates it when it makes a store; every rank uses rank 0's stores (see :func:`_release_shared_tmp`)."""
+    import os
+    import re
+
+    launch = "-".join(os.environ.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"))
+    return (out.parent / ".tmp" / re.sub(r"[^A-Za-z0-9._-]", "_", f"{chapter}-{launch}")).resolve()
+
+
+def _release_shared_tmp(shared: Path, w: World) -> None:
+    """After this rank's run: every other rank leaves a ``done.rank<r>`` mark in ``shared``; rank 0 waits
+    for every mark (at most :data:`SHARED_TMP_WAIT_S` seconds), then removes the folder.
+
+    A rank whose kernel made no store and saw none (e.g. profile ``cpu``) finds no folder and marks
+    nothing; rank 0 then has nothing to remove. A folder whose marks do not all come (a rank on a
+    machine that cannot see it) is kept, and rank 0 says where.
+    """
+    import shutil
+    import time
+
+    if not w.main:
+        try:
+            if shared.is_dir():
+                (shared / f"done.rank{w.rank}").write_text("done\n")
+        except OSError:  # rank 0 removed it meanwhile: it needed no mark
+            pass
+        return
+    if not shared.is_dir():
+        return
+    missing = list(range(1, w.size))
+    deadline = time.monotonic() + SHARED_TMP_WAIT_S
+    while True:
+        missing = [r for r in missing if not (shared / f"done.rank{r}").exists()]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if missing:
+        print(f"rsbook: kept the temporary stores in {shared}: rank(s) {missing} did not finish with them within "
+              f"{SHARED_TMP_WAIT_S:.0f} s; delete the folder when no rank runs", file=sys.stderr)
+        return
+    shutil.rmtree(shared, ignore_errors=True)
+    try:
+        shared.parent.rmdir()  # runs/.tmp, once no other launch uses it
+    except OSError:
+        pass
+
+
+def _run_epilog() -> str:
+    """``rsbook run --help``'s closing text: the chapters of this checkout, and how to see a chapter's parameters."""
+    from .book.pipeline import chapters, repo_root
+
+    try:
+        names = [c.stem for c in chapters()]
+        listed = ("chapters:\n" + "\n".join(f"  {n}" for n in names) if names else
+                  f"chapters: none in {repo_root() / 'notebooks'}; set RSBOOK_ROOT=/path/to/checkout to list them")
+    except FileNotFoundError:
+        listed = ("chapters: the rsbook checkout was not found from here; run from inside it or set RSBOOK_ROOT=/path/to/checkout "
+                  "to list them")
+    return (f"{listed}\n\nA chapter's parameters, with their defaults and what they do: rsbook run CHAPTER --list-parameters\n"
+            "e.g. rsbook run 00_randomized_smoothing -p profile smoke -p seed 1")
 
 
 def _book(args: argparse.Namespace) -> int:
@@ -151,8 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rsbook", description="The randomized-smoothing book: run chapters, build the book.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="execute one chapter with papermill")
+    p = sub.add_parser("run", help="execute one chapter with papermill", epilog=_run_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("notebook", help="chapter name (e.g. 00_randomized_smoothing) or path")
+    p.add_argument("--list-parameters", action="store_true",
+                   help="print the chapter's parameters with their defaults and what they do, and run nothing")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="set a parameter (repeatable); unknown names are an error")
     p.add_argument("-o", "--output", help="executed notebook path (default: runs/<chapter>.ipynb)")
     p.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")

@@ -2,7 +2,8 @@
 
 Data come from a data root in torchvision's on-disk layout: ``$RSBOOK_DATA`` if set (never
 downloads), else a per-user cache folder (``$XDG_CACHE_HOME/rsbook/data``) where torchvision
-downloads them if a network exists. Normalization is the first layer of every model
+downloads them if a network exists (into a temporary folder beside it, moved into place when
+complete: a failed download leaves nothing behind). Normalization is the first layer of every model
 (:mod:`rsbook.models`), so noise and radii are in [0, 1]-pixel units.
 
 Small subsets ship inside the package, checked equal to torchvision's data by a test:
@@ -187,11 +188,50 @@ def _torchvision_dataset(name: str, train: bool, root: Path, download: bool):
             how = _HOW_TO if src == "RSBOOK_DATA" else f"Point {src} at a folder in torchvision's layout (cifar-10-batches-py/ and MNIST/raw/)."
             raise DatasetNotFoundError(f"{name} ({'train' if train else 'test'}) was not found under {root} (from {src}). {how}") from exc
     try:
-        return cls(root=str(root), train=train, download=True)
+        _download(cls, train, root)
     except Exception as exc:  # no network, proxy refusal, ...
         raise DatasetNotFoundError(
             f"{name} is not under {root} and could not be downloaded ({type(exc).__name__}: {exc}). {_HOW_TO}"
         ) from exc
+    return cls(root=str(root), train=train, download=False)
+
+
+def _download(cls, train: bool, root: Path) -> None:
+    """Download a torchvision dataset into ``root``, leaving nothing behind if it fails.
+
+    The download goes into a fresh temporary folder beside ``root``; only when it is complete
+    are its entries moved into ``root`` (created then). On any failure the temporary folder,
+    and every folder this created on the way to it, are removed.
+    """
+    import shutil
+    import tempfile
+
+    made = [p for p in (root.parent, *root.parent.parents) if not p.exists()]  # the folders created here, innermost first
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-download-", dir=root.parent))
+    try:
+        cls(root=str(tmp), train=train, download=True)
+        root.mkdir(exist_ok=True)
+        for entry in tmp.iterdir():
+            target = root / entry.name
+            if target.is_dir() and entry.is_dir():  # e.g. MNIST/ when another split is already there
+                for sub in entry.rglob("*"):
+                    dest = target / sub.relative_to(entry)
+                    if sub.is_dir():
+                        dest.mkdir(exist_ok=True)
+                    elif not dest.exists():
+                        os.replace(sub, dest)
+            elif not target.exists():
+                os.replace(entry, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:
+            try:
+                folder.rmdir()  # only if still empty: another process may have written there meanwhile
+            except OSError:
+                break
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_dataset(name: str, train: bool, root: str | Path | None = None) -> ImageDataset:

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["Normalize", "MEANS_STDS", "ARCHS", "build_model", "for_inference", "load_weights", "CNN4", "LeNet", "CifarResNet"]
+__all__ = ["Normalize", "NormalizationMismatchError", "MEANS_STDS", "ARCHS", "build_model", "for_inference", "load_weights", "CNN4", "LeNet", "CifarResNet"]
 
 MEANS_STDS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -30,16 +30,44 @@ MEANS_STDS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 IN_CHANNELS = {"cifar10": 3, "mnist": 1, "imagenet": 3}
 
 
+class NormalizationMismatchError(RuntimeError):
+    """A state dict carries normalization constants other than the model's (not even to fp16 precision)."""
+
+
 class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel, as the first layer of a model."""
+    """``(x - mean) / std`` per channel, as the first layer of a model.
+
+    ``mean`` and ``std`` are constants of the model, not weights: non-persistent buffers set
+    from the given values at construction, so a model loaded from a state dict (even one
+    stored in fp16) normalizes with exactly the documented constants. A state dict that still
+    carries them (the files stored before this was so) is checked and they are dropped: values
+    equal to this model's at fp16 precision are accepted, others refused with
+    :class:`NormalizationMismatchError`.
+    """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        for name in ("mean", "std"):
+            stored = state_dict.pop(prefix + name, None)
+            if stored is None:
+                continue
+            exact = getattr(self, name)
+            same = (isinstance(stored, torch.Tensor) and stored.is_floating_point() and stored.numel() == exact.numel()
+                    and torch.equal(stored.detach().cpu().reshape(-1).half(), exact.detach().cpu().reshape(-1).half()))
+            if not same:
+                given = stored.flatten().tolist() if isinstance(stored, torch.Tensor) else stored
+                raise NormalizationMismatchError(
+                    f"the state dict's normalization {name} ({prefix}{name} = {given}) is not this model's "
+                    f"{tuple(round(v, 6) for v in exact.flatten().tolist())}, not even at fp16 precision: the weights "
+                    "were trained with another normalization; build the model for the dataset they were trained on")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
 
 class CNN4(nn.Module):

@@ -183,3 +183,96 @@ def test_every_chapter_is_in_the_table_of_contents():
     toc = (REPO / "_toc.yml").read_text()
     for src in chapters(REPO):
         assert f"book/generated/{src.stem}\n" in toc, f"{src.name} is not in _toc.yml"
+
+
+def _printed(nb_path: Path, tag: str) -> list[str]:
+    """The values the executed notebook printed as ``<tag> value`` lines."""
+    nb = json.loads(nb_path.read_text())
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    return [line.split(" ", 1)[1] for line in text.splitlines() if line.startswith(f"{tag} ")]
+
+
+_TEMPORARY_NOTEBOOK = ("```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = \"cpu\"\nfail = False\n```\n\n"
+                       "```{code-cell} ipython3\nimport tempfile\nfrom rsbook.book.profiles import chapter_store\n"
+                       "store = chapter_store('x', profile)\n(store.root / 'result.txt').write_text('x')\n"
+                       "print('STORE', store.root)\nprint('TMP', tempfile.mkdtemp(prefix='elsewhere-'))\n"
+                       "if fail:\n    raise RuntimeError('deliberate failure')\n```\n")
+
+
+def test_a_smoke_run_leaves_no_temporary_folder_behind_even_when_it_fails(tmp_path, monkeypatch):
+    _fake_book(tmp_path, monkeypatch, _TEMPORARY_NOTEBOOK)
+    for fail in (False, True):
+        out = tmp_path / f"fail-{fail}.ipynb"
+        result = run_notebook("nb", out, {"profile": "smoke", "fail": fail})
+        assert result.status == ("failed" if fail else "ok"), result.error
+        (store,), (tmp,) = _printed(out, "STORE"), _printed(out, "TMP")
+        assert "rsbook-smoke-x-" in store and not Path(store).exists(), store  # the store was made, and is gone
+        assert not Path(tmp).exists(), tmp  # so is any other temporary folder of the kernel
+    assert "deliberate failure" in result.error
+
+
+@pytest.mark.slow
+def test_a_smoke_run_under_torchrun_removes_rank_zeros_stores_after_every_rank(tmp_path):
+    """Every rank uses rank 0's temporary store; it is removed once both ranks are done, and nothing is left."""
+    import subprocess
+    import sys
+
+    from rsbook.distributed import fresh_launch_env
+
+    book = tmp_path / "book"
+    book.mkdir()
+    (book / "notebooks").mkdir()
+    (book / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
+    (book / "notebooks" / "nb.md").write_text(_NB_HEAD + _TEMPORARY_NOTEBOOK)
+    env = {**fresh_launch_env(), "RSBOOK_ROOT": str(book)}
+    out = tmp_path / "runs" / "nb.ipynb"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "rsbook", "run", "nb",
+           "-p", "profile", "smoke", "-o", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    stores = _printed(out, "STORE") + _printed(out.with_name("nb.rank1.ipynb"), "STORE")
+    assert len(stores) == 2 and stores[0] == stores[1], stores  # rank 0's store, on both ranks
+    assert Path(stores[0]).is_relative_to(tmp_path / "runs" / ".tmp") and not Path(stores[0]).exists()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["nb.ipynb", "nb.rank1.ipynb"]
+
+
+def test_run_help_lists_the_chapters_and_how_to_see_their_parameters(capsys, monkeypatch):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    shown = capsys.readouterr().out
+    assert all(f"  {c.stem}\n" in shown for c in chapters(REPO)) and "rsbook run CHAPTER --list-parameters" in shown
+    import rsbook.book.pipeline as pipeline
+
+    def nowhere():
+        raise FileNotFoundError("no checkout")
+
+    monkeypatch.setattr(pipeline, "repo_root", nowhere)
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "set RSBOOK_ROOT=/path/to/checkout" in capsys.readouterr().out
+
+
+def test_list_parameters_prints_every_parameter_with_its_default_and_comment(capsys):
+    src = chapters(REPO)[0]
+    assert cli.main(["run", src.stem, "--list-parameters"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    line = next(line for line in src.read_text().splitlines() if line.startswith("profile = "))
+    comment = line.split("#", 1)[1].strip()
+    assert any(s.startswith("profile = 'cpu'") and s.endswith(f"# {comment}") for s in shown), shown
+    for name, default in read_parameters(src).items():
+        assert any(s.startswith(f"{name} = {default!r}") for s in shown), name
+
+
+def test_the_status_page_shows_a_failure_message_whole_below_a_well_formed_table():
+    import re
+
+    from rsbook.book.pipeline import RunResult, _status_page
+
+    error = "ValueError: a | pipe, `code`, a ``` fence and a\nsecond line " + "x" * 500 + " THE END"
+    page = _status_page([RunResult("00_a", "smoke", "ok", 1.0, "cpu", "a.ipynb", "", "t"),
+                         RunResult("03_b", "smoke", "failed", 2.0, "cpu | x", "b.ipynb", error, "t")], "smoke")
+    assert error in page  # whole, in a fenced block that its own backticks cannot close
+    assert f"\n````text\n{error}\n````\n" in page
+    rows = [line for line in page.splitlines() if line.startswith("|")]
+    assert len(rows) == 4 and all(len(re.findall(r"(?<!\\)\|", r)) == 7 for r in rows), rows
+    assert "FAILED" in rows[3] and "#failed-03-b" in rows[3] and "(failed-03-b)=" in page

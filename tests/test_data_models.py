@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -105,3 +108,114 @@ def test_resnet50_and_bad_arguments():
         build_model("vgg", "cifar10")
     with pytest.raises(ValueError, match="6n\\+2"):
         build_model("cifar_resnet20", "cifar10")[1].__class__(depth=21)
+
+
+class _FakeTorchvisionCIFAR10:
+    """Stands in for torchvision's CIFAR10: finds ``root/cifar-10-batches-py/done``; a download writes part of the
+    files, then fails (``fail``) or completes."""
+
+    fail = True
+
+    def __init__(self, root, train, download):
+        folder = Path(root) / "cifar-10-batches-py"
+        if download:
+            folder.mkdir(parents=True, exist_ok=True)
+            (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"partial")
+            if self.fail:
+                raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+            (folder / "done").write_text("ok")
+        elif not (folder / "done").exists():
+            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+        self.data = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+        self.targets = [0, 1]
+
+
+def _cache_without_data_root(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.delenv("RSBOOK_DATA", raising=False)
+    monkeypatch.delenv("RSBOOK_DATA_SOURCE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", _FakeTorchvisionCIFAR10)
+    return tmp_path / "cache"
+
+
+def test_a_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
+    cache = _cache_without_data_root(tmp_path, monkeypatch)
+    monkeypatch.setattr(_FakeTorchvisionCIFAR10, "fail", True)
+    with pytest.raises(DatasetNotFoundError, match=r"cifar10 is not under .*cache.rsbook.data and could not be downloaded "
+                                                  r"\(OSError: .*name resolution.*\)\. Set RSBOOK_DATA"):
+        load_dataset("cifar10", train=False)
+    assert not cache.exists()  # not even the cache folder
+    cache.mkdir()  # an existing cache folder is left as it was: empty
+    with pytest.raises(DatasetNotFoundError, match="could not be downloaded"):
+        load_dataset("cifar10", train=True)
+    assert list(cache.iterdir()) == []
+
+
+def test_a_complete_download_is_moved_into_the_cache(tmp_path, monkeypatch):
+    cache = _cache_without_data_root(tmp_path, monkeypatch)
+    monkeypatch.setattr(_FakeTorchvisionCIFAR10, "fail", False)
+    ds = load_dataset("cifar10", train=False)
+    assert len(ds) == 2
+    assert sorted(p.name for p in (cache / "rsbook").iterdir()) == ["data"]  # no temporary folder left beside it
+    assert (cache / "rsbook" / "data" / "cifar-10-batches-py" / "done").exists()
+
+
+#: The documented normalization constants (NOTES; Cohen et al.'s code): the deployed model must use exactly these.
+DOCUMENTED = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)), "mnist": ((0.1307,), (0.3081,))}
+
+
+def _constants(model):
+    return model[0].mean.flatten(), model[0].std.flatten()
+
+
+@pytest.mark.parametrize("arch,dataset", [("cnn4", "cifar10"), ("lenet", "mnist")])
+def test_normalization_is_exact_in_a_model_loaded_from_fp16_weights(arch, dataset, tmp_path):
+    from rsbook.models import NormalizationMismatchError
+
+    mean, std = (torch.tensor(v, dtype=torch.float32) for v in DOCUMENTED[dataset])
+    trained = build_model(arch, dataset)
+    assert "0.mean" not in trained.state_dict()  # constants, not weights: never stored
+    old_style = {k: v.half() for k, v in trained.state_dict().items()}  # what files stored before: rounded constants
+    old_style.update({"0.mean": mean.view(1, -1, 1, 1).half(), "0.std": std.view(1, -1, 1, 1).half()})
+    torch.save(old_style, tmp_path / "w.pt")
+    for sd in (old_style, {k: v for k, v in old_style.items() if not k.startswith("0.")}):
+        model = build_model(arch, dataset)
+        model.load_state_dict({k: v.float() for k, v in sd.items()})
+        assert all(torch.equal(a, b) for a, b in zip(_constants(model), (mean, std)))
+    other = dict(old_style, **{"0.std": torch.full_like(old_style["0.std"], 0.25)})
+    with pytest.raises(NormalizationMismatchError, match=r"normalization std \(0.std = \[0.25.*not even at fp16 precision"):
+        build_model(arch, dataset).load_state_dict(other)
+
+
+def _arch_dataset(config: dict) -> tuple[str, str] | None:
+    """The classifier a stored model's config describes (a fine-tuning's through its base)."""
+    if config.get("arch") in ARCHS and config.get("dataset") in DOCUMENTED:
+        return config["arch"], config["dataset"]
+    return _arch_dataset(config["base"]) if isinstance(config.get("base"), dict) else None
+
+
+def test_the_committed_checkpoints_load_with_the_exact_constants():
+    import json
+
+    from rsbook.artifacts import ArtifactStore
+    from rsbook.training.classifier import TrainConfig, trained_model
+
+    folders = sorted((Path(__file__).resolve().parents[1] / "book" / "artifacts").iterdir())
+    loaded = 0
+    for payload in sorted(p for f in folders for p in f.glob("*.pt")):
+        config = json.loads(payload.with_suffix(".json").read_text())["config"]
+        found = _arch_dataset(config)
+        if found is None:  # a denoiser: no normalization layer
+            continue
+        arch, dataset = found
+        if config["type"] == "TrainConfig":  # the path every chapter loads them by (sha256 checked)
+            model = trained_model(TrainConfig(**{k: v for k, v in config.items() if k != "type"}), ArtifactStore(payload.parent))
+        else:
+            model = build_model(arch, dataset)
+            model.load_state_dict({k: v.float() for k, v in torch.load(payload, weights_only=True).items()})
+        mean, std = (torch.tensor(v, dtype=torch.float32) for v in DOCUMENTED[dataset])
+        assert all(torch.equal(a, b) for a, b in zip(_constants(model), (mean, std))), payload
+        loaded += 1
+    assert loaded >= 15

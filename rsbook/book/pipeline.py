@@ -16,8 +16,10 @@ replaces the published one.
 from __future__ import annotations
 
 import ast
+import getpass
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +35,9 @@ from .profiles import check_profile, repo_root, resolve_device
 __all__ = [
     "UnknownParameterError",
     "read_parameters",
+    "Parameter",
+    "parameter_docs",
+    "format_parameters",
     "coerce_parameters",
     "run_notebook",
     "build_book",
@@ -97,6 +102,42 @@ def read_parameters(path: str | Path) -> dict[str, Any]:
         else:
             raise ValueError(f"{path}: the parameters cell may hold only `name = literal` lines")
     return params
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One assignment of a chapter's ``parameters`` cell: its name, default and trailing ``# comment``."""
+
+    name: str
+    default: Any
+    comment: str = ""
+
+
+def parameter_docs(path: str | Path) -> list[Parameter]:
+    """Every parameter of the cell tagged ``parameters``, in source order, with its default
+    (as :func:`read_parameters` gives it) and the ``# comment`` that ends its line ("" if none)."""
+    import io
+    import tokenize
+
+    source = _parameter_cell(_read(Path(path)), path).source
+    defaults = read_parameters(path)
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    out = []
+    for node in ast.parse(source).body:
+        name = (node.targets[0] if isinstance(node, ast.Assign) else node.target).id  # type: ignore[union-attr]
+        out.append(Parameter(name, defaults[name], comments.get(node.end_lineno or node.lineno, "")))
+    return out
+
+
+def format_parameters(path: str | Path) -> str:
+    """The parameters of a chapter as text, one per line: ``name = default  # comment``."""
+    params = parameter_docs(path)
+    width = max((len(f"{p.name} = {p.default!r}") for p in params), default=0)
+    return "\n".join((f"{p.name} = {p.default!r}".ljust(width) + f"  # {p.comment}") if p.comment else f"{p.name} = {p.default!r}"
+                     for p in params)
 
 
 def coerce_parameters(given: Mapping[str, Any], defaults: Mapping[str, Any], notebook: str = "notebook") -> dict[str, Any]:
@@ -176,12 +217,19 @@ def run_notebook(
     parameters: Mapping[str, Any] | None = None,
     cwd: str | Path | None = None,
     log_output: bool = False,
+    tmp_dir: str | Path | None = None,
 ) -> RunResult:
     """Execute a chapter with papermill into ``output`` (``.ipynb``), after checking its parameters.
 
     The executed notebook is written even when a cell fails (with the traceback in it); the
     result then has ``status="failed"``. The chapter's claims, if it records any, are written
     beside it as ``<output stem>.claims.json``.
+
+    Nothing the run writes to temporary folders outlives it, failed or not: the kernel's
+    ``TMPDIR`` and ``RSBOOK_TMP`` (where the ``smoke`` and ``dry_run`` artifact stores go, see
+    :mod:`rsbook.book.profiles`) point into a folder removed when the run ends. ``tmp_dir``
+    gives ``RSBOOK_TMP`` instead (a folder the caller removes: under torchrun, rank 0's stores,
+    which every rank uses, must outlive rank 0's own run).
     """
     import papermill as pm
 
@@ -195,7 +243,7 @@ def run_notebook(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     cwd = Path(cwd) if cwd else repo_root()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="rsbook-run-", ignore_cleanup_errors=True) as tmp:
         src_nb = Path(tmp) / f"{source.stem}.ipynb"
         import nbformat
 
@@ -205,7 +253,7 @@ def run_notebook(
         # claims, and make sure figures render inline (a caller's MPLBACKEND=Agg would
         # silently drop them).
         env = {"RSBOOK_RUN_INFO": str(info_path), "RSBOOK_CLAIMS": str(output.with_suffix(".claims.json")),
-               "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+               "MPLBACKEND": "module://matplotlib_inline.backend_inline", **_temporary_env(Path(tmp), tmp_dir)}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         t0 = time.perf_counter()
@@ -238,6 +286,24 @@ def run_notebook(
     )
 
 
+def _temporary_env(tmp: Path, stores: str | Path | None) -> dict[str, str]:
+    """The kernel's temporary folders, inside ``tmp`` (``stores``, if given, for ``RSBOOK_TMP``).
+
+    ``TMPDIR`` sends every ``tempfile`` folder of the kernel and its subprocesses (e.g. a
+    benchmark's torchrun stores) into ``tmp``; torch.compile's cache stays where it was, so it
+    still serves later runs.
+    """
+    (tmp / "tmp").mkdir()
+    env = {"TMPDIR": str(tmp / "tmp"), "RSBOOK_TMP": str(Path(stores).resolve() if stores else tmp / "stores")}
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):  # torch's default, from the temporary folder outside the run
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / ("torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user)))
+    return env
+
+
 def _status_page(results: list[RunResult], profile: str) -> str:
     lines = [
         "# Build status",
@@ -248,10 +314,26 @@ def _status_page(results: list[RunResult], profile: str) -> str:
         "| chapter | profile | outcome | run time | device | finished (UTC) |",
         "|---|---|---|---|---|---|",
     ]
+    failed = [r for r in results if r.status != "ok"]
     for r in results:
-        outcome = "ok" if r.status == "ok" else f"**FAILED**: `{r.error[:200]}`"
-        lines.append(f"| {r.chapter} | {r.profile} | {outcome} | {r.seconds:.0f} s | {r.device} | {r.finished_utc} |")
+        outcome = "ok" if r.status == "ok" else f"**FAILED** ([why](#failed-{_anchor(r.chapter)}))"
+        lines.append(f"| {_cell(r.chapter)} | {_cell(r.profile)} | {outcome} | {r.seconds:.0f} s | {_cell(r.device)} | {_cell(r.finished_utc)} |")
+    for r in failed:  # the whole message, below the table
+        fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", r.error)), default=0))
+        lines += ["", f"(failed-{_anchor(r.chapter)})=", f"## {r.chapter} failed", "",
+                  "The chapter's page shows the cell that failed, with its traceback. The error:", "",
+                  f"{fence}text", r.error or "(no message)", fence]
     return "\n".join(lines) + "\n"
+
+
+def _anchor(name: str) -> str:
+    """A MyST label for ``name``: lowercase letters, digits and hyphens."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "chapter"
+
+
+def _cell(text: str) -> str:
+    """``text`` as one markdown table cell: on one line, its pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 #: What a staged build copies: the sources Jupyter Book reads (never artifacts or earlier builds).

@@ -6,14 +6,21 @@
 * ``dry_run``: the ``paper`` profile's architectures and code paths with tiny sizes (one batch
   per training, two images, a tiny N), on CPU, recomputed in a temporary folder. It runs in CI,
   so that a wiring mistake in the ``paper`` profile fails there, not after hours on a GPU.
+
+The temporary folders of ``smoke`` and ``dry_run`` go under ``$RSBOOK_TMP`` when it is set:
+a notebook run (:func:`rsbook.book.pipeline.run_notebook`) sets it to a folder it removes when
+the run ends, failed or not. Without it (direct Python use) they go into the system's temporary
+folder and are removed when the process exits (under torchrun, where other ranks may still use
+rank 0's folder, they are kept).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
-
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,7 +30,7 @@ from ..artifacts import ArtifactStore
 from ..distributed import broadcast, world
 from ..provenance import provenance
 
-__all__ = ["PROFILES", "TEMPORARY_PROFILES", "check_profile", "repo_root", "artifact_store", "resolve_device", "provenance_cell"]
+__all__ = ["PROFILES", "TEMPORARY_PROFILES", "check_profile", "repo_root", "artifact_store", "temporary_folder", "resolve_device", "provenance_cell"]
 
 PROFILES = ("smoke", "cpu", "paper", "dry_run")
 TEMPORARY_PROFILES = ("smoke", "dry_run")  # recompute everything into a temporary folder
@@ -63,8 +70,22 @@ def artifact_store(chapter: str, profile: str, recompute: bool = False) -> Artif
     check_profile(profile)
     if profile in TEMPORARY_PROFILES:  # under torchrun, rank 0's folder for every rank
         w = world()
-        return ArtifactStore(broadcast(tempfile.mkdtemp(prefix=f"rsbook-{profile}-{chapter}-") if w.main else None, w))
+        return ArtifactStore(broadcast(temporary_folder(f"rsbook-{profile}-{chapter}-") if w.main else None, w))
     return ArtifactStore(artifact_root() / chapter, recompute=recompute)
+
+
+def temporary_folder(prefix: str) -> str:
+    """A fresh folder for a run's temporary results: under ``$RSBOOK_TMP`` if set (its owner removes
+    it, see the module docstring), else in the system's temporary folder, removed when this process
+    exits unless it runs under torchrun (another rank may still be using it then)."""
+    parent = os.environ.get("RSBOOK_TMP")
+    if parent:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(prefix=prefix, dir=parent)
+    folder = tempfile.mkdtemp(prefix=prefix)
+    if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 @functools.lru_cache(maxsize=None)

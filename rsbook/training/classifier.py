@@ -107,8 +107,9 @@ def trained_model(
     """Load the model for ``cfg`` from ``store``, training (and storing) it first if needed.
 
     The stored state_dict is fp16 (floating tensors); it is loaded back as fp32, and that
-    fp32 model is the one every chapter certifies. The training set is read only if the
-    model must be trained.
+    fp32 model is the one every chapter certifies. Its normalization constants are not
+    weights and are exact (see :class:`~rsbook.models.Normalize`). The training set is read
+    only if the model must be trained.
     """
     return load_or_fit(cfg, store, lambda: _build(cfg),
                        lambda work: train(cfg, train_set, work_dir=work, device=device, progress=progress), device)
