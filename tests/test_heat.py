@@ -351,11 +351,11 @@ def test_chapter_3_announces_fine_tunings_and_attack_logs_at_the_measured_rates(
         (tmp_path / f"{name}.json").write_text(json.dumps({"config": cfg, **extra}))
     ch.announce_work("cpu")
     out = capsys.readouterr().out
-    heat = 0.05 * (10_000 * 5 + 10_000 * 1)  # HeatSmoothing (5 timesteps) and Table 4's pass, 10,000 images each
+    heat = 0.05 * (2 * 10_000 * 5 + 10_000 * 1)  # two HeatSmoothing models (5 timesteps) and Table 4's pass, 10,000 images each
     adv = 0.01 * 50_000 + 0.007 * 50_000  # one epoch each
     attacks = 100 * (2 * 6.0 + 2 * 0.1)  # two stochastic and two deterministic models, 100 images
-    minutes = round((heat + adv + attacks) / 60)
-    assert f"4 fine-tunings and 4 attack logs (PGD and DDN, 100 images each): about {minutes} min" in out, out
+    hours = (heat + adv + attacks) / 3600  # 2.1 h
+    assert f"5 fine-tunings and 4 attack logs (PGD and DDN, 100 images each): about {hours:.1f} h" in out, out
 
 
 def test_per_input_generators_make_an_inputs_noise_independent_of_its_batch():
@@ -370,3 +370,123 @@ def test_per_input_generators_make_an_inputs_noise_independent_of_its_batch():
     torch.testing.assert_close(alone, expected, rtol=0, atol=1e-6)  # Gaussian draws of its own generator
     with pytest.raises(ValueError, match="one per input"):
         noisy_copies(x, 4, "gaussian", 0.5, gens(1, 2))
+
+
+def test_the_refined_distance_is_the_segments_exact_crossing_to_its_resolution():
+    from rsbook.methods.distances import adversarial_distances, segment_boundary
+
+    model = _linear_classifier()
+    x = 0.5 + 0.02 * torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    d_pgd, adv = adversarial_distances(model, "pgd", x, y, eps=4.0, steps=20)
+    classify = lambda points, rows: model(points).argmax(1)  # noqa: E731
+    refined, res = segment_boundary(classify, x, adv, y, scan=16, bisect=8)
+    # closed form: the first t on x + t (adv - x) where another class's logit overtakes y's
+    lin, delta = model[1], (adv - x).flatten(1)
+    with torch.no_grad():
+        z0, dz = lin(x.flatten(1)), delta @ lin.weight.T
+    exact = []
+    for i in range(len(x)):
+        ts = [float((z0[i, y[i]] - z0[i, j]) / (dz[i, j] - dz[i, y[i]])) for j in range(3)
+              if j != y[i] and dz[i, j] > dz[i, y[i]]]
+        exact.append(min(t for t in ts if t > 0) * float(delta[i].norm()))
+    exact = torch.tensor(exact)
+    assert (refined >= exact - 1e-5).all() and (refined <= exact + res + 1e-5).all()
+    assert (res < 0.4 / 16 / 2**8 * 1.01).all() and (refined < d_pgd - 1e-3).any()  # finer than one PGD step
+    assert (refined >= _distance_to_boundary(model, x) - 1e-4).all()  # still never below the true distance
+    # no adversarial point: inf; an endpoint the classifier does not misclassify: nan
+    same, _ = segment_boundary(classify, x[:2], x[:2].clone(), y[:2])
+    assert torch.isinf(same).all()
+    none, _ = segment_boundary(classify, x[:2], x[:2] + 1e-3, y[:2])
+    assert torch.isnan(none).all()
+
+
+def test_the_fixed_noise_soft_classifier_is_deterministic_with_each_images_own_draws():
+    from rsbook.methods.soft import FixedNoiseSoft
+
+    model = _linear_classifier()
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    fixed = FixedNoiseSoft(model, "gaussian", 0.5, 8, gens, (3, 8, 8))
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    rows = torch.tensor([1, 0])
+    assert torch.equal(fixed(x, rows), fixed(x, rows))
+    eps1 = 0.5 * torch.randn((8, 3, 8, 8), generator=torch.Generator().manual_seed(4))  # image 1's own draws
+    with torch.no_grad():
+        want = model(x[0] + eps1).softmax(1).mean(0).argmax()
+    assert fixed(x, rows)[0] == want
+
+
+def test_the_audit_grid_finds_the_first_wrong_answer_and_counts_its_calls():
+    from rsbook.methods.audit import audit_counts, first_wrong_on_grid
+
+    x = torch.zeros(3, 2)
+    true = [0.5, 2.0, 0.05]  # wrong beyond this distance from x_i; abstains just before it
+
+    def answer(queries):
+        out = []
+        for i, _, p in queries:
+            r = float(p.norm())
+            out.append(1 if r >= true[i] else (-1 if r >= 0.9 * true[i] else 0))
+        return out
+
+    wrong, asked = first_wrong_on_grid(answer, x, torch.tensor([[1.0, 0], [0, 3.0], [1.0, 1.0]]), [1.2, 1.2, 0.0], [0, 0, 0], 12)
+    assert wrong[0] == pytest.approx(0.5) and math.isinf(wrong[1]) and math.isinf(wrong[2])  # 0.5 = 5 x 0.1; 2.0 out of reach
+    assert list(asked) == [5, 12, 0]  # image 2 has no radius: never asked
+    assert audit_counts([0.6, 0.2, 0.0], [0.5, 0.5, 0.1], 3.0) == {"certified": 2, "violations": 1, "control violations": 2}
+
+
+def test_predict_many_gives_predict_per_item():
+    from rsbook.core.certify import ABSTAIN, Smooth, vote
+    from rsbook.core.engine import Item
+
+    smooth = Smooth(_linear_classifier(), 3, noise=("gaussian", 0.5), compile=False)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    many = list(smooth.predict_many([Item(i, x[i], torch.Generator().manual_seed(i)) for i in range(4)], 200, 0.001, None))
+    one = [smooth.predict(x[i], 200, 0.001, None, torch.Generator().manual_seed(i)) for i in range(4)]
+    assert [c for _, c in many] == one and [k for k, _ in many] == [0, 1, 2, 3]
+    assert vote(np.array([60, 40, 0]), 0.001) == ABSTAIN and vote(np.array([90, 10, 0]), 0.001) == 0  # binomtest(60, 100): p = 0.057
+
+
+def test_heat_smoothing_with_c_h_over_2_targets_the_gaussian_average_at_sigma():
+    """The closed form: under a uniform density one step maps cos to cos / (1 + c sigma^2) (Euler-Lagrange
+    ``v - f = c sigma^2 v''``), and the Gaussian average of cos at s is exp(-s^2 / 2) cos. With
+    c = h / 2 the flow lands on the average at sigma; Algorithm 1's c = 1 overshoots to sigma sqrt(2 n_T)."""
+    from rsbook.methods.heat import cosine_heat_flow, penalty_constant, target_sigma
+
+    sigma, steps = 0.5, 5
+    amplitude = {}
+    for penalty in ("h/2", 1.0):
+        amplitude[penalty] = cosine_heat_flow(sigma, steps, penalty)
+        c = penalty_constant(penalty, steps)
+        assert amplitude[penalty] == pytest.approx((1 + c * sigma**2) ** -steps, rel=0.015)  # the implicit steps, by training
+    s_eff = lambda a: math.sqrt(-2 * math.log(a))  # noqa: E731 -- the level whose Gaussian average has amplitude a
+    assert s_eff(amplitude["h/2"]) == pytest.approx(target_sigma(sigma, steps, "h/2"), rel=0.03)
+    assert target_sigma(sigma, steps, "h/2") == sigma
+    assert s_eff(amplitude[1.0]) > 2.5 * sigma  # c = 1 smooths at about sigma sqrt(10)
+    assert target_sigma(sigma, steps, 1.0) == pytest.approx(sigma * math.sqrt(10))
+    with pytest.raises(ValueError, match="penalty_scale"):
+        penalty_constant("2h", 5)
+
+
+def test_the_audit_table_counts_violations_and_the_control_from_the_attack_log():
+    import pandas as pd
+
+    from rsbook.papers import heat_smoothing as ch
+
+    inf = math.inf
+    rob = pd.DataFrame({"idx": [0, 20, 40, 60], "label": [1, 1, 1, 1], "clean_pred": [1, 1, 1, 0],
+                        "radius": [0.2, 0.1, 0.0, 0.0],
+                        "pgd_refined": [0.15, 0.5, 0.3, 0.0], "ddn_refined": [0.3, 0.25, 0.2, 0.0],
+                        "pgd_audit": [0.25, inf, inf, inf], "ddn_audit": [inf, 0.05, inf, inf],
+                        "pgd_audit_calls": [2, 24, 0, 0], "ddn_audit_calls": [24, 1, 0, 0]})
+    table = ch.audit_table({"heat": rob, "rs": rob}, factor=3.0, audit_alpha=1e-6)
+    heat, rs = table.loc[ch.LABELS["heat"]], table.loc[ch.LABELS["rs"]]
+    # image 0: network wrong at 0.15 < R = 0.2; image 1: network at 0.25 (inside 3R = 0.3, not R); smoothed wrong at 0.05 < 0.1
+    assert (heat["certified (r > 0)"], heat["network: violations"], heat["network: control violations"]) == (2, 1, 2)
+    assert (heat["smoothed: violations"], heat["smoothed: control violations"]) == (1, 2)
+    assert heat["predict calls"] == 51 and heat["expected false alarms"] == pytest.approx(51e-6)
+    assert math.isnan(rs["network: violations"])  # a stochastic model's deployed classifier is the smoothed one
+    # Table 5's distances: 0 for the misclassified clean image, refined otherwise
+    assert list(ch.distances(rob, "pgd")) == [0.15, 0.5, 0.3, 0.0]
+    assert ch.pgd_first_step(rob.assign(pgd=[0.4, 0.8, 0.4, 0.4]), 0.4) == 2

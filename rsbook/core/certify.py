@@ -30,6 +30,7 @@ __all__ = [
     "certificate",
     "certificate_given",
     "max_certified_radius",
+    "vote",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
 ]
@@ -56,6 +57,16 @@ def certificate_given(c_a: int, counts: np.ndarray, alpha: float, noise: Noise) 
     if p_lower < 0.5:
         return ABSTAIN, 0.0
     return int(c_a), float(noise.certified_radius(p_lower))
+
+
+def vote(counts: np.ndarray, alpha: float) -> int:
+    """PREDICT's decision from class counts: the top class, or ``ABSTAIN`` if the two-sided binomial
+    test of the top count ``c1`` out of ``c1 + c2`` (the two largest counts) at 1/2 has p-value > alpha."""
+    top2 = np.argsort(counts)[::-1][:2]
+    c1, c2 = int(counts[top2[0]]), int(counts[top2[1]])
+    if binomtest(c1, c1 + c2, 0.5).pvalue > alpha:
+        return ABSTAIN
+    return int(top2[0])
 
 
 def max_certified_radius(noise: Noise, n: int, alpha: float) -> float:
@@ -264,12 +275,14 @@ class Smooth:
         probability at most ``alpha``.
         """
         _check_sampling(n, "n")
-        counts = self.sample_counts(x, n, batch_size, generator, noise)
-        top2 = counts.argsort()[::-1][:2]
-        c1, c2 = int(counts[top2[0]]), int(counts[top2[1]])
-        if binomtest(c1, c1 + c2, 0.5).pvalue > alpha:
-            return ABSTAIN
-        return int(top2[0])
+        return vote(self.sample_counts(x, n, batch_size, generator, noise), alpha)
+
+    def predict_many(self, items: Iterable[Item | tuple], n: int, alpha: float, batch_size: int | None) -> Iterator[tuple[Any, int]]:
+        """:meth:`predict` for a stream of items, batched by the engine: yields ``(key, class or ABSTAIN)``
+        in input order, each from ``n`` draws of its own generator and noise."""
+        _check_sampling(n, "n")
+        for key, counts in self.engine.counts(_checked(items, self.num_classes), (n,), batch_size):
+            yield key, vote(counts[0], alpha)
 
     def sample_counts(
         self,

@@ -9,7 +9,7 @@ import pandas as pd
 
 from .certify import ABSTAIN
 
-__all__ = ["certified_accuracy", "acr", "abstain_rate", "clean_accuracy", "envelope", "summary"]
+__all__ = ["certified_accuracy", "certified_at", "acr", "abstain_rate", "clean_accuracy", "envelope", "summary"]
 
 
 def certified_accuracy(log: pd.DataFrame, radii: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -17,6 +17,13 @@ def certified_accuracy(log: pd.DataFrame, radii: Sequence[float] | np.ndarray) -
     correct = log["correct"].to_numpy().astype(bool)
     radius = log["radius"].to_numpy()
     return np.array([np.mean(correct & (radius >= r)) for r in np.asarray(radii, dtype=float)])
+
+
+def certified_at(log: pd.DataFrame, radius: float) -> np.ndarray:
+    """Per image, in the order of ``idx``: 1 where the certificate is correct with radius ``>= radius``, else 0
+    (the paired outcomes that a comparison of two methods on the same images tests)."""
+    log = log.sort_values("idx")
+    return ((log["correct"].to_numpy() == 1) & (log["radius"].to_numpy() >= radius)).astype(int)
 
 
 def acr(log: pd.DataFrame) -> float:

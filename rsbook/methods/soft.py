@@ -18,7 +18,7 @@ from torch import nn
 
 from ..core.noise import make_noise
 
-__all__ = ["SoftSmoothed", "SoftSmoothedLogits", "noisy_copies"]
+__all__ = ["SoftSmoothed", "SoftSmoothedLogits", "FixedNoiseSoft", "noisy_copies"]
 
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -91,3 +91,26 @@ class SoftSmoothedLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.soft.log_prob(x)
+
+
+class FixedNoiseSoft(nn.Module):
+    """The soft smoothed classifier with ``m`` noise draws fixed per image (common random numbers):
+    ``G_i(x) = mean_k softmax(f(x + eps_ik))`` with ``eps_ik`` drawn once from image ``i``'s generator.
+
+    A deterministic function of the input, so a line search on it is well defined (a fresh draw
+    per call would make "misclassified" change from call to call). ``forward(points, rows)``
+    evaluates ``points[j]`` with image ``rows[j]``'s draws and returns the predicted classes.
+    """
+
+    def __init__(self, model: nn.Module, noise: str, sigma: float, m: int, generators: Sequence[torch.Generator],
+                 shape: tuple[int, ...], device: torch.device | str = "cpu"):
+        super().__init__()
+        if m < 1:
+            raise ValueError(f"m must be >= 1, got {m}")
+        unit = make_noise(noise, 1.0)
+        self.model, self.m = model, int(m)
+        self.register_buffer("eps", torch.stack([unit.sample((m, *shape), generator=g, device=device) for g in generators]) * sigma)
+
+    def forward(self, points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        noisy = points.repeat_interleave(self.m, dim=0) + self.eps[rows].flatten(0, 1)
+        return torch.softmax(self.model(noisy), dim=1).view(len(points), self.m, -1).mean(1).argmax(1)
