@@ -127,11 +127,64 @@ def test_scaleout_projection_is_the_slowest_ranks_share():
     # 500 images on 8 ranks: the slowest holds ceil(500 / 8) = 63 images of 10,100 samples at 1,000 samples/s
     assert project(500, 10_100, 1000.0, 8) == 63 * 10.1
     assert project(3, 100, 10.0, 8) == 10.0  # more ranks than images: one image each
-    # chapter 3's paper plan by hand: 6 logs of 500 images, N = 10,000 (+ n0 = 100 for the 2 stochastic models)
+    # chapter 3's paper plan by hand: 7 logs of 500 images, N = 10,000 (+ n0 = 100 for the 2 stochastic models)
     certs = heat_smoothing.planned_work("paper")[1]
-    assert sorted(p.config.n0 + p.config.n if p.samples is None else p.samples for p in certs) == [10_000] * 4 + [10_100] * 2
+    assert sorted(p.config.n0 + p.config.n if p.samples is None else p.samples for p in certs) == [10_000] * 5 + [10_100] * 2
     table = appendix_speed.projected_paper_hours({"cifar_resnet34": (2000.0, "gpu")}, gpus=(1, 4)).set_index("chapter")
     row = table.loc["3 (HeatSmoothing)"]
-    assert row["1 GPU"] == pytest.approx((4 * 500 * 10_000 + 2 * 500 * 10_100) / 2000 / 3600)
-    assert row["4 GPUs"] == pytest.approx((4 * 125 * 10_000 + 2 * 125 * 10_100) / 2000 / 3600)
+    assert row["1 GPU"] == pytest.approx((5 * 500 * 10_000 + 2 * 500 * 10_100) / 2000 / 3600)
+    assert row["4 GPUs"] == pytest.approx((5 * 125 * 10_000 + 2 * 125 * 10_100) / 2000 / 3600)
     assert row["not measured"] == "-" and table.loc["0 (Cohen et al.)", "logs"] == "0 of 31"
+
+
+def _fake_certify_result(ref, eng, fw, contended=False, features=None):
+    """A stored ``bench certify`` result with the given (best, slowest, fastest) rounds, in samples/s."""
+    def row(variant, per_s, lo, hi, **kw):
+        return dict(variant=variant, precision="fp32, NCHW, eager", batch=64, per_s=per_s, unit="samples/s", per_s_min=lo, per_s_max=hi,
+                    ratio_to_forward=kw.get("ratio"), speedup=kw.get("speedup"))
+
+    rows = [row("raw forward, reference model", 1000.0, 900.0, 1000.0), row("raw forward, engine model", *fw),
+            row("reference loop (Cohen et al.)", *ref, speedup=1.0),
+            row("Smooth.certify (engine)", *eng, ratio=eng[0] / fw[0], speedup=eng[0] / ref[0])]
+    meta = {"config": {"model": "cnn4", "weights": "random", "sigmas": [], "sigma": 0.25, "n0": 100, "n": 1000, "precision": "fp32"},
+            "setup_seconds": 1.0, "rsbook": "0.2.0", "git_commit": "0" * 40, "device": "cpu: Test CPU (2 threads)", "date": "2026-01-01",
+            "contention": {"others": 0.6 if contended else 0.0, "contended": contended, "reasons": ["busy"] if contended else []}}
+    if features is not None:
+        meta["cpu_features"] = features
+    eq = {"same_prediction": 3, "identical_counts": 3, "images": 3, "equivalent": True}
+    return {"meta": meta, "rows": rows, "equivalence": eq}
+
+
+def test_a1_targets_are_decided_by_the_worst_case_over_the_rounds():
+    from rsbook.papers import appendix_speed as a1
+
+    # reference loop best 100 (rounds 80-100), engine best 250 (rounds 190-250), engine forward best 260 (rounds 200-260)
+    met = _fake_certify_result((100.0, 80.0, 100.0), (250.0, 210.0, 250.0), (260.0, 200.0, 260.0))
+    near = _fake_certify_result((100.0, 80.0, 100.0), (199.6, 180.0, 199.6), (210.0, 200.0, 210.0))  # 1.996x: within rounding of 2
+    straddle = _fake_certify_result((100.0, 80.0, 100.0), (240.0, 190.0, 240.0), (250.0, 240.0, 250.0))
+    busy = _fake_certify_result((100.0, 80.0, 100.0), (250.0, 210.0, 250.0), (260.0, 200.0, 260.0), contended=True)
+    table = a1.summary_table([met, near, straddle, busy])
+    # by hand: speedup = best / best, worst case = slowest engine round / fastest reference round
+    assert table.loc[1, "speedup"] == pytest.approx(2.5) and table.loc[1, "speedup, worst case"] == pytest.approx(2.1)
+    assert table.loc[1, "certify / forward"] == pytest.approx(250 / 260)
+    assert table.loc[1, "certify / forward, worst case"] == pytest.approx(210 / 260)
+    words, checks = a1.targets_table(table)
+    assert [checks[i][1].outcome for i in (1, 2, 3, 4)] == [True, False, None, None]  # met, missed, undecided, contended
+    assert words.loc[2, "speedup"] == "1.996x (worst case 1.800x): missed"
+    assert "busy machine" in checks[4][1].test
+    assert checks[1][0].outcome is None  # 0.96 best, 0.81 worst case: straddles 0.9
+    assert a1.target_check(0.95, None, 0.9, "x").outcome is True  # only the best round stored: it decides
+
+
+def test_a1_names_the_machine_of_each_run():
+    from rsbook.papers import appendix_speed as a1
+
+    feats = {"torch_capability": "AVX2", "avx2": True}
+    old = _fake_certify_result((100.0, 80.0, 100.0), (250.0, 210.0, 250.0), (260.0, 200.0, 260.0))
+    same = _fake_certify_result((100.0, 80.0, 100.0), (250.0, 210.0, 250.0), (260.0, 200.0, 260.0), features=feats)
+    other = _fake_certify_result((100.0, 80.0, 100.0), (250.0, 210.0, 250.0), (260.0, 200.0, 260.0),
+                                 features={"torch_capability": "AVX512", "avx2": True})
+    here = "cpu: Test CPU (2 threads)"
+    assert [a1.same_machine(r, here, feats) for r in (old, same, other)] == [None, True, False]
+    assert a1.same_machine(same, "cpu: Test CPU (1 threads)", feats) is False
+    assert a1.measured_on(same) == here and a1.machine_load(old).startswith("idle")

@@ -191,3 +191,30 @@ def test_sequential_log_resumes_after_a_kill_with_identical_rows(tmp_path):
             assert row[f"cert_{r:g}"] == int(row["predict"] != ABSTAIN and row["lower"] > norm.cdf(r / 0.3))
     with pytest.raises(ValueError, match="header"):  # a plain log is not resumed as a sequential one
         certify_dataset(smooth(), ds, 20, 200, 0.01, 64, tmp_path / "full.tsv", seed=3, progress=False)
+
+
+def test_agreement_with_fixed_n_accounts_for_the_number_of_test_images():
+    from scipy.stats import beta
+
+    from rsbook.papers.appendix_sequential import agreement_check
+
+    def log(correct, radius, idx):
+        return pd.DataFrame({"idx": idx, "correct": correct, "radius": radius})
+
+    n = 50
+    idx = np.arange(n) * 200
+    ref = log(np.ones(n, int), np.full(n, 0.6), idx)
+    seq = ref.copy()
+    seq.loc[3, "radius"] = 0.4  # one image certified at 0.5 by fixed N only: a gap of 1/50 = 0.02 at r = 0.5
+    gap, check = agreement_check(seq.iloc[::-1], ref, (0.0, 0.5), 0.02)  # row order does not matter: paired by idx
+    assert gap == pytest.approx(0.02)
+    # 1 of 50 decided differently: the two-sided 95% Clopper-Pearson upper end is Beta(0.975; 2, 49) > 0.02, so undecided
+    assert check.outcome is None and f"{beta.ppf(0.975, 2, 49):.3f}" in check.test
+    # 0 of 200 decided differently: upper end 1 - 0.025^(1/200) = 0.0183 <= 0.02, so it holds
+    big = log(np.ones(200, int), np.full(200, 0.6), np.arange(200))
+    assert 1 - 0.025 ** (1 / 200) < 0.02 and agreement_check(big, big, (0.0, 0.5), 0.02)[1].outcome is True
+    # 40 of 200 images certified at 0.5 by fixed N only: a gap of 0.2, and the sign test (40 vs 0) finds it
+    worse = big.copy()
+    worse.loc[:39, "radius"] = 0.4
+    gap, check = agreement_check(worse, big, (0.0, 0.5), 0.02)
+    assert gap == pytest.approx(0.2) and check.outcome is False

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..artifacts import ArtifactStore
 from ..bench import BenchConfig
+from ..book.claims import LEVEL, Check, greater, proportion
 from ..book.profiles import chapter_store, check_profile
 from ..core.bounds import clopper_pearson_lower
 from ..core.certify import Smooth
@@ -33,7 +34,8 @@ from ..core.sequential import BetaBinomialCS, Sequential, checkpoints, naive_sto
 from . import cohen2019
 
 __all__ = ["CHAPTER", "Settings", "settings", "store", "reference_config", "reference_store", "bench_config", "KnownP",
-           "boundary_error_rates", "power_table", "stream_bounds"]
+           "boundary_error_rates", "power_table", "stream_bounds", "largest_certified", "passes_per_image", "method_table",
+           "agreement_check", "radius_categories", "radius_palette"]
 
 CHAPTER = "A2_sequential_certification"
 
@@ -173,3 +175,104 @@ def stream_bounds(p: float, n_max: int, alpha: float, seq: Sequential, seed: int
     cs = BetaBinomialCS(alpha, seq.prior_a, seq.prior_b)
     return {"n": marks, "lower": cs.lower(s, marks), "upper": cs.upper(s, marks),
             "clopper_pearson": clopper_pearson_lower(s, marks, alpha)}
+
+
+# -- chapter 0's logs: cost, agreement with the reference, and where the samples go ---------------
+
+
+def largest_certified(log, radii) -> list[str]:
+    """Per image of a sequential log, the largest of ``radii`` at which its prediction is certified, as
+    text (``"none"`` if none); the log holds one ``cert_<r>`` column per radius."""
+    out = []
+    for _, row in log.iterrows():
+        top = max([r for r in radii if row[f"cert_{r:g}"]], default=None)
+        out.append("none" if top is None else f"{top:g}")
+    return out
+
+
+def radius_categories(radii) -> list[str]:
+    """The categories of :func:`largest_certified`, in order: ``none``, then each radius."""
+    return ["none", *(f"{r:g}" for r in radii)]
+
+
+def radius_palette(radii) -> dict[str, tuple]:
+    """One colour per category of :func:`largest_certified`, the same in every panel."""
+    import seaborn as sns
+
+    cats = radius_categories(radii)
+    colours = [(0.6, 0.6, 0.6), *sns.color_palette("colorblind", n_colors=len(cats) - 1)]  # "none" in grey
+    return dict(zip(cats, colours))
+
+
+def passes_per_image(log, kind: str, n0: int, n: int) -> float:
+    """Forward passes per image (selection included): logged by a sequential run (``kind="sequential"``),
+    ``n0 + n`` for a fixed-N one."""
+    return float(log["samples"].mean()) if kind == "sequential" else float(n0 + n)
+
+
+def method_table(logs: dict, sigmas, radii, n0: int, n_fix: int, n_ref: int, n_max: int, published: dict):
+    """Certified accuracy at ``radii``, forward passes and wall time per image, and the machine, for
+    each sigma and method: the paper's row (``published[sigma][r]``, N = 100,000), fixed N = ``n_fix``,
+    sequential with ``n_max``, fixed N = ``n_ref`` on the reference subset, and the sequential run on
+    that subset. ``logs[sigma]`` holds the ``sequential``, ``fixed`` and ``reference`` logs and their
+    artifacts' metadata under ``meta``."""
+    import pandas as pd
+
+    from ..core.metrics import certified_accuracy
+
+    rows = []
+    for s in sigmas:
+        L = logs[s]
+        seq_sub = L["sequential"][L["sequential"]["idx"].isin(set(L["reference"]["idx"]))]
+        variants = [
+            ("Cohen et al. (published, N = 100,000)", None, None, None),
+            (f"fixed N = {n_fix:,}", L["fixed"], "fixed", "fixed"),
+            (f"sequential, n_max = {n_max:,}", L["sequential"], "sequential", "sequential"),
+            (f"fixed N = {n_ref:,} (reference subset)", L["reference"], "reference", "reference"),
+            ("sequential on the reference subset", seq_sub, "sequential", "sequential"),
+        ]
+        for name, log, kind, source in variants:
+            if log is None:
+                acc = [published[s][r] for r in radii]
+                row = {"forward passes / image": 100_100.0, "s / image": float("nan"), "images": 500, "measured on": "(the paper)"}
+            else:
+                n = n_fix if kind == "fixed" else n_ref
+                acc = certified_accuracy(log, radii)
+                row = {"forward passes / image": passes_per_image(log, kind, n0, n), "s / image": float(log["time"].sum()) / len(log),
+                       "images": len(log), "measured on": L["meta"][source]["provenance"]["device"]}
+            rows.append({"sigma": f"{s:g}", "method": name, **{f"r = {r:g}": a for r, a in zip(radii, acc)}, **row})
+    return pd.DataFrame(rows).set_index(["sigma", "method"])
+
+
+def agreement_check(sequential, reference, radii, tol: float = 0.02, what: str = "") -> tuple[float, Check]:
+    """Is the sequential certifier's certified accuracy within ``tol`` of fixed N's at every radius, over
+    the test distribution? Both logs are paired on the reference images. At each radius the gap in
+    certified accuracy is at most the share of images the two decide differently; at the radius with
+    the most such images, that share's two-sided Clopper-Pearson interval (level :data:`LEVEL`)
+    decides: the check *holds* when its upper end is at most ``tol``, *fails* when at some radius the
+    observed gap exceeds ``tol`` and the paired sign test (:func:`rsbook.book.claims.greater`) finds
+    one method certifying more images than the other, and is *undecided* otherwise. Returns the
+    largest gap on these images and the :class:`Check`."""
+    from ..core.metrics import certified_at
+
+    ref = reference
+    seq = sequential[sequential["idx"].isin(set(ref["idx"]))]
+    if sorted(seq["idx"]) != sorted(ref["idx"]):
+        raise ValueError("agreement_check needs the sequential log to hold every image of the reference log")
+    gaps, discord, failed = [], [], False
+    for r in radii:
+        a, b = certified_at(seq, r), certified_at(ref, r)
+        gaps.append(abs(a.mean() - b.mean()))
+        discord.append(int((a != b).sum()))
+        if gaps[-1] > tol + 1e-12 and (greater(a, b).outcome or greater(b, a).outcome):
+            failed = True
+    k = max(discord)
+    r_star = radii[discord.index(k)]
+    ci = proportion(k, len(ref), LEVEL)
+    outcome = False if failed else (True if ci.high <= tol + 1e-12 else None)
+    differ = (f"no image decided differently at any radius" if k == 0 else
+              f"at most {k} of them decided differently at one radius (r = {r_star:g})")
+    test = (f"{what}{': ' if what else ''}largest gap {max(gaps):.3f} on {len(ref)} images; {differ}, a share with "
+            f"{LEVEL:.0%} Clopper-Pearson interval [{ci.low:.3f}, {ci.high:.3f}] "
+            f"({'within' if ci.high <= tol + 1e-12 else 'not within'} {tol:g})")
+    return float(max(gaps)), Check(outcome, test)

@@ -12,12 +12,15 @@ import json
 import os
 from pathlib import Path
 
-from ..bench import BenchConfig, DenoisedBenchConfig
+from ..bench import BenchConfig, DenoisedBenchConfig, is_contended
+from ..book.claims import Check
 from ..book.profiles import check_profile, repo_root
 from . import cohen2019
 
 __all__ = ["CHAPTER", "MIXED_SIGMAS", "chapter0_weights", "runs", "denoised_runs", "scaleout_results", "scaleout_live", "gpu_rates",
-           "projected_paper_hours", "SCALEOUT_GPUS"]
+           "projected_paper_hours", "SCALEOUT_GPUS", "TARGET_RULE", "measured_on", "same_machine", "same_machine_words",
+           "machines_sentence", "machine_load", "target_check", "target_words", "summary_table", "targets_table", "speedup_factors",
+           "denoised_summary", "cpu_pair"]
 
 CHAPTER = "benchmark"
 MIXED_SIGMAS = (0.12, 0.25, 0.50, 1.00)  # chapter 0's noise levels, one per image in turn
@@ -159,3 +162,232 @@ def projected_paper_hours(rates: dict[str, tuple[float, str]], gpus: tuple[int, 
 
 def _samples(p) -> int:
     return p.samples if p.samples is not None else p.config.n0 + p.config.n
+
+
+# -- reading the stored runs: which machine, how busy, and the targets' verdicts -------------------
+
+#: How every target on the page is decided (shown on the page, beside the targets table).
+TARGET_RULE = ("A target is *met* when even the worst case over the benchmark's rounds clears it: for a ratio of two "
+               "throughputs, the slowest round of the numerator over the fastest round of the denominator (each run "
+               "alternates the measurements for several rounds and stores each one's best, slowest and fastest round). "
+               "It is *missed* when the stored value (each quantity's best round) is below it, and *undecided* when "
+               "the rounds straddle it, or when the run was measured on a busy machine (contended). A benchmark that "
+               "stores only its best round is decided on that value.")
+
+
+def measured_on(res: dict) -> str:
+    """The device that measured a stored benchmark result (``bench certify``/``denoised``/``sequential``
+    record it in ``meta["device"]``, ``bench scaleout`` in ``meta["provenance"]["device"]``)."""
+    meta = res["meta"]
+    return meta.get("device") or meta.get("provenance", {}).get("device") or "not recorded"
+
+
+def same_machine(res: dict, here: str, here_features: dict | None = None) -> bool | None:
+    """Whether ``res`` was measured on a machine like the one described by ``here`` (a
+    :func:`rsbook.provenance.device_name`) and ``here_features`` (:func:`rsbook.provenance.cpu_features`,
+    ``None`` for a GPU): ``False`` if the device names (CPU model and torch threads, or GPU name) or
+    the recorded CPU instruction-set features differ, ``True`` if both agree, and ``None`` (cannot
+    tell) for a CPU run that did not record its features, since CPU model names are often generic
+    ("AMD EPYC"). The host itself is never recorded: ``True`` means "a machine of the same kind"."""
+    if measured_on(res) != here:
+        return False
+    if here_features is None:  # a GPU: its name is the model
+        return True
+    feats = res["meta"].get("cpu_features")
+    return None if feats is None else feats == here_features
+
+
+def same_machine_words(verdict: bool | None) -> str:
+    """:func:`same_machine` in words."""
+    return {True: "yes", False: "no", None: "cannot tell (CPU features not recorded)"}[verdict]
+
+
+def machines_sentence(runs: list[int], kinds: list[bool | None]) -> str:
+    """Which ``runs`` were measured on a machine like this page's (``kinds``: :func:`same_machine` per run), in words.
+
+    >>> machines_sentence([1, 2, 3], [None, None, False]).split("; ")[1]
+    'run 3 was measured on another kind of machine.'
+    """
+    def named(sel):
+        return ("run " if len(sel) == 1 else "runs ") + ", ".join(map(str, sel))
+
+    same = [r for r, k in zip(runs, kinds) if k is True]
+    other = [r for r, k in zip(runs, kinds) if k is False]
+    unknown = [r for r, k in zip(runs, kinds) if k is None]
+    parts = []
+    if same:
+        parts.append(f"{named(same)} {'was' if len(same) == 1 else 'were'} measured on a machine of that kind (same device name, "
+                     "threads and CPU features; the host itself is not recorded)")
+    if unknown:
+        parts.append(f"{named(unknown)} did not record {'its' if len(unknown) == 1 else 'their'} CPU features, so whether "
+                     f"{'it was' if len(unknown) == 1 else 'they were'} measured on a machine of that kind cannot be told")
+    if other:
+        parts.append(f"{named(other)} {'was' if len(other) == 1 else 'were'} measured on another kind of machine")
+    return "; ".join(parts) + "."
+
+
+def machine_load(res: dict) -> str:
+    """How busy the machine was during a run's measured rounds, in words."""
+    ct = res["meta"].get("contention")
+    if ct is None:
+        return "not recorded (this run predates the record)"
+    if is_contended(res):
+        return "contended: " + "; ".join(ct["reasons"])
+    return f"idle (others used {ct['others']:.0%} of the CPUs)"
+
+
+def target_check(value: float, worst: float | None, target: float, what: str, contended: str = "", fmt: str = "{:.3f}") -> Check:
+    """A target ``value >= target`` decided by :data:`TARGET_RULE`: holds when ``worst`` (the worst
+    case over the rounds; ``None`` when the run stores its best round only, which then decides) clears
+    it, fails when ``value`` (the best round) does not, and is undecided when the rounds straddle the
+    target or the run was ``contended`` (the reason, if any).
+
+    >>> [target_check(v, w, 2.0, "x").outcome for v, w in ((2.76, 2.61), (1.996, 1.862), (2.418, 1.975))]
+    [True, False, None]
+    """
+    shown = (f"{what}: {fmt.format(value)} " + ("(best round only)" if worst is None else f"(worst case over rounds {fmt.format(worst)})")
+             + f", target {target:g}")
+    worst = value if worst is None else worst
+    if contended:
+        return Check(None, f"{shown}: undecided, measured on a busy machine ({contended})")
+    outcome = True if worst >= target else (False if value < target else None)
+    return Check(outcome, f"{shown}: {target_words(Check(outcome, ''))}")
+
+
+def target_words(check: Check) -> str:
+    """``met`` / ``missed`` / ``undecided`` for a :func:`target_check`."""
+    return {True: "met", False: "missed", None: "undecided"}[check.outcome]
+
+
+def _features(meta: dict) -> str:
+    f = meta.get("cpu_features")
+    if not f:
+        return "not recorded"
+    return f"{f['torch_capability']} kernels" + (", AVX-512 BF16" if f.get("avx512_bf16") else "") + (", AMX" if f.get("amx_bf16") else "")
+
+
+def _rows(res: dict) -> dict[str, dict]:
+    return {r["variant"]: r for r in res["rows"]}
+
+
+def _worst(num: dict, den: dict) -> float | None:
+    """The worst case of ``num / den`` over the rounds: slowest ``num`` over fastest ``den`` (``None``
+    when the run stores only each quantity's best round)."""
+    if "per_s_min" not in num or "per_s_max" not in den:
+        return None
+    return num["per_s_min"] / den["per_s_max"]
+
+
+def summary_table(results: list[dict]):
+    """One row per ``bench certify`` result (``run`` 1, 2, ...): what was measured, the throughputs, the
+    speedup and certify/forward ratio with their worst case over the rounds, the certificate check,
+    and which machine measured it, when, and how busy it was."""
+    import pandas as pd
+
+    out = []
+    for res in results:
+        meta, m, eq = res["meta"], res["meta"]["config"], res["equivalence"]
+        rows = _rows(res)
+        ref, eng, fw = rows["reference loop (Cohen et al.)"], rows["Smooth.certify (engine)"], rows["raw forward, engine model"]
+        out.append({
+            "model": m["model"] + (" (random init)" if m["weights"] == "random" else " (trained)"),
+            "noise": f"{len(m['sigmas'])} sigmas, one per image" if m.get("sigmas") else f"sigma = {m['sigma']}",
+            "n0 + n": f"{m['n0']} + {m['n']:,}",
+            "n": m["n"],
+            "precision": m["precision"],
+            "engine": fw["precision"].replace("channels_last", "ch.-last") + f", batch {eng['batch']}",
+            "reference loop (samples/s)": ref["per_s"],
+            "Smooth.certify (samples/s)": eng["per_s"],
+            "speedup": eng["speedup"],  # the stored value, best round over best round
+            "speedup, worst case": _worst(eng, ref),
+            "certify / forward": eng["ratio_to_forward"],
+            "certify / forward, worst case": _worst(eng, fw),
+            "forward, engine (img/s)": fw["per_s"],
+            "forward, plain (img/s)": rows["raw forward, reference model"]["per_s"],
+            "certificates same / identical": f"{eq['same_prediction']} / {eq['identical_counts']} of {eq['images']}",
+            "equivalent": bool(eq["equivalent"]),
+            "set-up (s)": meta["setup_seconds"],
+            "rounds spread": max(r["per_s_max"] / r["per_s_min"] for r in res["rows"]),
+            "rsbook": f"{meta['rsbook']} ({meta['git_commit'][:7]})",
+            "measured on": measured_on(res),
+            "CPU features": _features(meta),
+            "date": meta["date"],
+            "gpu": not measured_on(res).startswith("cpu"),
+            "machine load": machine_load(res),
+            "contended": "; ".join(meta["contention"]["reasons"]) if is_contended(res) else "",
+        })
+    table = pd.DataFrame(out)
+    table.index = pd.Index(range(1, len(table) + 1), name="run")
+    return table
+
+
+def targets_table(table):
+    """The engine's targets per run of :func:`summary_table`, decided by :data:`TARGET_RULE`:
+    certify / forward >= 0.9 (for N >= 1,000) and a speedup of 2x on a CPU, 10x on a GPU; returns
+    ``(words, checks)``: the table in words and, per run, the two :class:`Check` (``None`` where a
+    target does not apply)."""
+    import pandas as pd
+
+    words, checks = [], {}
+    for i, row in table.iterrows():
+        need = 10.0 if row["gpu"] else 2.0
+        ratio = (None if row["n"] < 1000 else
+                 target_check(row["certify / forward"], row["certify / forward, worst case"], 0.9, f"run {i} certify / forward",
+                              row["contended"]))
+        speed = target_check(row["speedup"], row["speedup, worst case"], need, f"run {i} speedup", row["contended"])
+        checks[i] = (ratio, speed)
+        words.append({
+            "run": i, "model": row["model"], "noise": row["noise"], "engine": row["engine"], "measured on": row["measured on"],
+            "certify / forward >= 0.9 (N >= 1,000)": "does not apply (N < 1,000)" if ratio is None else
+            f"{row['certify / forward']:.3f} (worst case {row['certify / forward, worst case']:.3f}): {target_words(ratio)}",
+            "speedup target": f"{need:.0f}x ({'GPU' if row['gpu'] else 'CPU'})",
+            "speedup": f"{row['speedup']:.3f}x (worst case {row['speedup, worst case']:.3f}x): {target_words(speed)}",
+            "equivalent certificates": "yes" if row["equivalent"] else "no",
+            "machine load": row["machine load"],
+        })
+    return pd.DataFrame(words).set_index("run"), checks
+
+
+def speedup_factors(table):
+    """The speedup of each run as the product of three measured factors: plain forward / reference
+    loop, engine forward / plain forward, certify / engine forward (their product is the speedup)."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "model": table["model"], "noise": table["noise"], "engine": table["engine"],
+        "plain forward / reference loop": table["forward, plain (img/s)"] / table["reference loop (samples/s)"],
+        "engine forward / plain forward": table["forward, engine (img/s)"] / table["forward, plain (img/s)"],
+        "certify / engine forward": table["certify / forward"],
+        "= speedup": table["speedup"],
+    })
+
+
+def denoised_summary(res: dict) -> dict:
+    """One ``bench denoised`` result as a row: both ratios to the raw forward, the multi-step engine over
+    the one-sample loop, its ceiling (raw forward at the engine's batch over batch 1), the targets
+    (>= 0.9 of the raw forward, >= 10x the loop) as :class:`Check` in ``"checks"``, and the machine."""
+    rows, c = _rows(res), res["meta"]["config"]
+    one, multi = rows["Smooth.certify, one-step"], rows["Smooth.certify, multi-step"]
+    contended = "; ".join(res["meta"]["contention"]["reasons"]) if is_contended(res) else ""
+    fw_one, fw_multi, loop = rows["raw forward, one-step"], rows["raw forward, multi-step"], rows["one-sample loop, multi-step"]
+    checks = [target_check(one["ratio_to_forward"], _worst(one, fw_one), 0.9, "one-step certify / forward", contended),
+              target_check(multi["ratio_to_forward"], _worst(multi, fw_multi), 0.9, "multi-step certify / forward", contended),
+              target_check(multi["speedup"], _worst(multi, loop), 10.0, "multi-step engine / one-sample loop", contended)]
+    return {"score width": c["width"], "classifier": c["classifier"], "L x T": f"{c['levels']} x {c['steps']}",
+            "one-step: certify / forward": one["ratio_to_forward"],
+            "multi-step: certify / forward": multi["ratio_to_forward"],
+            "multi-step: engine / one-sample loop": multi["speedup"],
+            "ceiling: forward at batch B / batch 1": rows["raw forward, multi-step, batch 1"]["speedup"],
+            "targets": ", ".join(f"{t.test.split(':')[0]} {target_words(t)}" for t in checks),
+            "measured on": measured_on(res), "machine load": machine_load(res), "checks": checks}
+
+
+def cpu_pair(results: dict[str, dict]):
+    """``(result, one-process row, two-process row)`` of a CPU scale-out run of 1 and 2 processes,
+    preferring the run whose single process used every core; ``None`` if there is none."""
+    pairs = []
+    for res in results.values():
+        rows = {r["procs"]: r for r in res["rows"]}
+        if res["meta"]["provenance"]["device"].startswith("cpu") and 1 in rows and 2 in rows:
+            pairs.append((rows[1]["threads_per_proc"] != res["meta"]["cpu_count"], res, rows[1], rows[2]))
+    return min(pairs, key=lambda t: t[0])[1:] if pairs else None

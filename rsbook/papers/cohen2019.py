@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
+import numpy as np
+import pandas as pd
 import torch
 
 from ..artifacts import ArtifactStore
+from ..book.claims import Check, Estimate, greater, proportion
 from ..book.eta import Planned, announce
 from ..book.profiles import chapter_store, check_profile
 from ..data import TEST_SIZES, TRAIN_SIZES
+from ..core.metrics import certified_at
 from ..core.runner import CertifyConfig
 from ..core.sequential import Sequential
 from ..models import for_inference
@@ -41,6 +46,11 @@ __all__ = [
     "COHEN_RADII",
     "COHEN_SECONDS_PER_IMAGE",
     "paper_best_sigma",
+    "certified_estimate",
+    "clean_ordering_checks",
+    "crossover_radii",
+    "crossover_checks",
+    "matched_training_checks",
 ]
 
 CHAPTER = "00_randomized_smoothing"
@@ -205,3 +215,91 @@ COHEN_SECONDS_PER_IMAGE = 15.0
 def paper_best_sigma(radius: float) -> float:
     """The sigma with the highest published certified accuracy at ``radius`` (the paper's envelope)."""
     return max(COHEN_CIFAR10, key=lambda s: COHEN_CIFAR10[s][radius])
+
+
+# -- the claims' checks: per-image quantities of our logs, paired by test image -------------------
+
+
+def _by_image(log: pd.DataFrame) -> pd.DataFrame:
+    return log.sort_values("idx").reset_index(drop=True)
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    a, b = _by_image(a), _by_image(b)
+    if not np.array_equal(a["idx"].to_numpy(), b["idx"].to_numpy()):
+        raise ValueError("a paired comparison needs two logs of the same test images")
+    return a, b
+
+
+def certified_estimate(log: pd.DataFrame, radius: float) -> Estimate:
+    """Certified accuracy at ``radius`` as a proportion ``k / n`` over the log's test images, with its
+    Clopper-Pearson interval (:func:`rsbook.book.claims.proportion`)."""
+    hits = certified_at(log, radius)
+    return proportion(int(hits.sum()), len(hits))
+
+
+def clean_ordering_checks(logs: Mapping[float, pd.DataFrame]) -> list[Check]:
+    """"Clean accuracy falls as sigma grows": for each pair of adjacent sigmas ``a < b``, the sign
+    test that images certified correct at radius 0 under ``a`` outnumber those under ``b``
+    (:func:`rsbook.book.claims.greater` on the 0/1 indicators, paired by image)."""
+    sig = sorted(logs)
+    out = []
+    for a, b in zip(sig, sig[1:]):
+        la, lb = _paired(logs[a], logs[b])
+        out.append(greater(certified_at(la, 0.0), certified_at(lb, 0.0), f"r = 0: sigma {a:g} > {b:g}"))
+    return out
+
+
+def crossover_radii(sigmas: Sequence[float], paper: Mapping[float, Mapping[float, float]] | None = None,
+                    radii: tuple[float, ...] = COHEN_RADII) -> list[tuple[float, float, float]]:
+    """``(a, b, r)`` for each pair of adjacent sigmas ``a < b``: the radius ``r`` at which the paper's
+    certified accuracy of ``b`` exceeds that of ``a`` by the most (``paper``: :data:`COHEN_CIFAR10`).
+
+    >>> crossover_radii((0.12, 0.25, 0.50, 1.00))
+    [(0.12, 0.25, 0.5), (0.25, 0.5, 1.0), (0.5, 1.0, 1.5)]
+    """
+    paper = COHEN_CIFAR10 if paper is None else paper
+    sig = sorted(sigmas)
+    return [(a, b, max(radii, key=lambda rad: paper[b][rad] - paper[a][rad])) for a, b in zip(sig, sig[1:])]
+
+
+def crossover_checks(logs: Mapping[float, pd.DataFrame], paper: Mapping[float, Mapping[float, float]] | None = None,
+                     radii: tuple[float, ...] = COHEN_RADII) -> list[Check]:
+    """"The best sigma grows with the radius", as paired sign tests on certified-correct indicators:
+
+    * at the smallest radius, the smallest sigma beats the next one;
+    * for each pair of adjacent sigmas ``a < b``, ``b`` beats ``a`` at the radius where the paper's
+      advantage of ``b`` over ``a`` is largest (:func:`crossover_radii`).
+
+    A wrong ordering fails (or leaves undecided) the corresponding test.
+    """
+    sig = sorted(logs)
+    r0 = min(radii)
+    first, second = _paired(logs[sig[0]], logs[sig[1]])
+    out = [greater(certified_at(first, r0), certified_at(second, r0), f"r = {r0:g}: sigma {sig[0]:g} > {sig[1]:g}")]
+    for a, b, r in crossover_radii(sig, paper, radii):
+        la, lb = _paired(logs[a], logs[b])
+        out.append(greater(certified_at(lb, r), certified_at(la, r), f"r = {r:g}: sigma {b:g} > {a:g}"))
+    return out
+
+
+def matched_training_checks(grid: Mapping[tuple[float, float], pd.DataFrame]) -> list[Check]:
+    """"For each smoothing sigma, the model trained at that sigma has the best ACR": ``grid`` maps
+    ``(training sigma, smoothing sigma)`` to a certification log on the same images. For each
+    smoothing sigma ``s``, the model trained at ``s`` against the strongest other model (the highest
+    ACR among the other training sigmas at ``s``): the Wilcoxon signed-rank test on the per-image
+    certified radius (0 when wrong or abstained), whose mean is the ACR."""
+    out = []
+    for s in sorted({smooth for _, smooth in grid}):
+        others = [t for t, sm in grid if sm == s and t != s]
+        if (s, s) not in grid or not others:
+            continue
+
+        def radius(t: float) -> np.ndarray:
+            log = _by_image(grid[(t, s)])
+            return log["radius"].to_numpy() * log["correct"].to_numpy()
+
+        rival = max(others, key=lambda t: radius(t).mean())
+        _paired(grid[(s, s)], grid[(rival, s)])
+        out.append(greater(radius(s), radius(rival), f"smoothing {s:g}: trained at {s:g} > trained at {rival:g}"))
+    return out
