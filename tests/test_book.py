@@ -88,6 +88,8 @@ def test_numbers_are_judged_by_their_confidence_interval_widened_by_the_margin()
     assert [numeric_verdict(p, e, 0.05) for p in (0.40, e.low - 0.049, e.high + 0.051, 0.75)] == [
         "reproduced", "reproduced", "not reproduced", "not reproduced"]
     assert numeric_verdict(0.5, proportion(400, 1000), 0.05) == "not reproduced"  # more images, a narrower interval
+    assert numeric_verdict(0.5, median([0.2, 0.9]), 0.05) == "inconclusive"  # two values bound no median: it could not fail
+    assert numeric_verdict(5.0, median([0.2, 0.9]), 0.05) == "inconclusive" and numeric_verdict(0.1, median([0.2] * 9), 0.05) == "not reproduced"
     c = Claims("ch", "cpu")
     row = c.numeric("acc at r = 1.5", 0.09, proportion(0, 100), comparable=False, why="above our cap")
     assert row.verdict == "not comparable" and row.reason == "above our cap"
@@ -276,3 +278,16 @@ def test_the_status_page_shows_a_failure_message_whole_below_a_well_formed_table
     rows = [line for line in page.splitlines() if line.startswith("|")]
     assert len(rows) == 4 and all(len(re.findall(r"(?<!\\)\|", r)) == 7 for r in rows), rows
     assert "FAILED" in rows[3] and "#failed-03-b" in rows[3] and "(failed-03-b)=" in page
+
+
+def test_setup_page_checks_its_parameters_and_picks_the_device(monkeypatch):
+    from rsbook.book.profiles import setup_page
+
+    monkeypatch.delenv("RSBOOK_DATA", raising=False)
+    assert str(setup_page("dry_run", "auto")) == "cpu"
+    with pytest.raises(ValueError, match="profile must be one of"):
+        setup_page("fast")
+    with pytest.raises(ValueError, match="threads must be a non-negative integer"):
+        setup_page("smoke", threads=-2)
+    with pytest.raises(FileNotFoundError, match="data_root='/no/such/folder' is not a folder"):
+        setup_page("cpu", data_root="/no/such/folder")

@@ -10,7 +10,8 @@ book (:data:`RULE` is printed under every claims table):
   (:func:`median`, scipy's ``quantile_test``), Student's t for a mean (:func:`mean`), or an
   exact value (:func:`exact`). It is ``reproduced`` when the paper's value lies in our interval
   widened on both sides by a stated ``margin`` (the allowance for a smaller model or budget,
-  shown in the row), and ``not reproduced`` otherwise. It is ``not comparable`` when our setting
+  shown in the row), and ``not reproduced`` otherwise (``inconclusive`` when the interval is
+  unbounded, so that it could not have failed). It is ``not comparable`` when our setting
   cannot produce the quantity at all (e.g. a radius beyond the cap that our sample size puts on
   every certificate); the reason then says why.
 * a **qualitative** claim (an ordering, a property) is decided by one or more checks. A check
@@ -48,8 +49,8 @@ MARGIN = 0.05  # the default margin of a proportion: an accuracy of a smaller mo
 RULE = (f"**Verdicts.** A number is *reproduced* when the paper's value lies in our {LEVEL:.0%} confidence interval "
         "over the test images (Clopper-Pearson for an accuracy, the order-statistic interval for a median, Student's t "
         "for a mean), widened on both sides by the margin shown in its row (the allowance for our smaller model and "
-        "budget), and *not reproduced* otherwise; *not comparable* when our setting cannot produce it (the reason says "
-        "why). A comparison holds when a one-sided test on the same images rejects \"not better\" at "
+        "budget), and *not reproduced* otherwise (*inconclusive* when too few images leave the interval unbounded); "
+        "*not comparable* when our setting cannot produce it (the reason says why). A comparison holds when a one-sided test on the same images rejects \"not better\" at "
         f"{1 - LEVEL:.0%}, fails when the reverse test does, and is undecided otherwise; a qualitative claim is "
         "*reproduced* when all its checks hold, *partly* when some do, *not reproduced* when none does and one fails, "
         "and *inconclusive* when all are undecided.")
@@ -169,12 +170,18 @@ def greater(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, wh
 
 
 def numeric_verdict(paper: float, ours: Estimate, margin: float) -> str:
-    """``reproduced`` if ``paper`` lies in ``ours``'s interval widened by ``margin``, else ``not reproduced``.
+    """``reproduced`` if ``paper`` lies in ``ours``'s interval widened by ``margin``, else ``not reproduced``;
+    ``inconclusive`` if it lies there only because the interval is unbounded (too few values to bound
+    it: such a check could not have failed).
 
     >>> numeric_verdict(0.43, proportion(40, 100), 0.05), numeric_verdict(0.75, proportion(40, 100), 0.05)
     ('reproduced', 'not reproduced')
+    >>> numeric_verdict(0.5, median([0.2, 0.9]), 0.05)
+    'inconclusive'
     """
-    return "reproduced" if ours.covers(paper, margin) else "not reproduced"
+    if not ours.covers(paper, margin):
+        return "not reproduced"
+    return "reproduced" if math.isfinite(ours.low) and math.isfinite(ours.high) else "inconclusive"
 
 
 def _outcome(c: bool | Check) -> bool | None:

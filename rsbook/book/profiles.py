@@ -30,7 +30,7 @@ from ..artifacts import ArtifactStore
 from ..distributed import broadcast, world
 from ..provenance import provenance
 
-__all__ = ["PROFILES", "TEMPORARY_PROFILES", "check_profile", "repo_root", "artifact_store", "temporary_folder", "resolve_device", "provenance_cell"]
+__all__ = ["PROFILES", "TEMPORARY_PROFILES", "setup_page", "check_profile", "repo_root", "artifact_store", "temporary_folder", "resolve_device", "provenance_cell"]
 
 PROFILES = ("smoke", "cpu", "paper", "dry_run")
 TEMPORARY_PROFILES = ("smoke", "dry_run")  # recompute everything into a temporary folder
@@ -140,3 +140,21 @@ def provenance_cell(profile: str, seed: int, device: torch.device | str, **extra
     if path:
         Path(path).write_text(json.dumps(info, indent=2))
     return info
+
+
+def setup_page(profile: str, device: str = "auto", data_root: str = "", threads: int = 0) -> torch.device:
+    """What every chapter does after its parameters cell: check ``profile``, use ``data_root`` as the
+    data root when given (instead of ``$RSBOOK_DATA``), set torch's CPU ``threads`` when positive,
+    set the book's plot style, and return the device (:func:`resolve_device`)."""
+    from ..data import set_data_root
+    from .plots import set_style
+
+    check_profile(profile)
+    if data_root:
+        set_data_root(data_root, source="data_root")
+    if threads:
+        if not isinstance(threads, int) or threads < 0:
+            raise ValueError(f"threads must be a non-negative integer (0 keeps torch's default), got {threads!r}")
+        torch.set_num_threads(threads)
+    set_style()
+    return resolve_device(device, profile)
