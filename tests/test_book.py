@@ -291,3 +291,15 @@ def test_setup_page_checks_its_parameters_and_picks_the_device(monkeypatch):
         setup_page("smoke", threads=-2)
     with pytest.raises(FileNotFoundError, match="data_root='/no/such/folder' is not a folder"):
         setup_page("cpu", data_root="/no/such/folder")
+
+
+def test_tables_escape_text_and_keep_every_columns_format():
+    # a later Styler.format() resets the columns it is not given: a claim's "<=" must still be escaped
+    import pandas as pd
+
+    from rsbook.book.tables import styled
+
+    df = pd.DataFrame({"claim": ["x <= 0.5 & y < 1"], "value": [0.12345], "count": [3]})
+    for formats in ("{:.2f}", {"value": "{:.2f}"}):
+        html = styled(df, formats, index=False).to_html()
+        assert "x &lt;= 0.5 &amp; y &lt; 1" in html and ">0.12<" in html and "x <= 0.5" not in html

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -118,7 +120,7 @@ def test_uniform_step_is_a_projection_onto_the_box():
 
 @pytest.mark.parametrize("noise", ["gaussian", "laplace", "uniform"])
 def test_data_term_pulls_toward_the_observation(noise):
-    # NOTES.md: the printed Algorithm 1 has grad phi(x - y), which would push x away from y.
+    # The paper's printed Algorithm 1 adds grad_x phi(x - y), which pushes x away from y; the derivation's step pulls.
     g = torch.Generator().manual_seed(5)
     y = torch.rand(8, 3, 4, 4, generator=g)
     x0 = y + 0.8 * torch.randn(y.shape, generator=g)
@@ -272,3 +274,194 @@ def test_a_readers_rerun_is_announced_with_an_estimate_from_the_committed_rates(
     assert "computes 17 certification logs" in out and "trains 0 models" in out
     assert f"{(13 * 20 + 4 * 10) * 2100:,} forward passes" in out
     assert est is not None and est > 60 and "cnn4 behind score_unet x3" in out
+
+
+# -- the chapter's analyses: one image set per table, the checks that can fail, the claims ----------
+
+def _log(fractions: dict[float, float], idx: list[int]) -> pd.DataFrame:
+    """A certification log whose certified accuracy at each radius of ``fractions`` is that fraction
+    (image i is certified at r when i < fraction(r) * n; ``fractions[0.0]`` is the clean accuracy)."""
+    n = len(idx)
+    radius = [max([r for r, f in fractions.items() if i < round(f * n)], default=0.0) for i in range(n)]
+    correct = [int(i < round(fractions[0.0] * n)) for i in range(n)]
+    return pd.DataFrame({"idx": idx, "label": 0, "predict": [0 if c else 1 for c in correct], "radius": radius,
+                         "correct": correct, "time": 1.0})
+
+
+def _table1_fractions(row: tuple[int, ...], clean: float = 0.8) -> dict[float, float]:
+    from rsbook.papers import score_denoising as ch
+
+    return {0.0: clean, **{r: v / 100 for r, v in zip(ch.TABLE1_RADII, row)}}
+
+
+def test_common_images_restricts_every_log_to_the_shared_test_images():
+    from rsbook.core.metrics import certified_accuracy
+    from rsbook.papers import score_denoising as ch
+
+    # a reader's -p every 500 -p multi_every 1000: the multi-step log holds every 1000th image
+    others = _log({0.0: 0.5, 0.25: 0.35}, list(range(0, 10_000, 500)))  # images 0, 500, ..., 3,000 certified
+    multi = _log({0.0: 0.3, 0.25: 0.3}, list(range(0, 10_000, 1000)))[::-1]  # any order
+    both = ch.common_images({"one": others, "multi": multi})
+    assert [list(v["idx"]) for v in both.values()] == [list(range(0, 10_000, 1000))] * 2
+    # the restricted log keeps each image's own row (image 1000 sits at position 2 of the every-500 log)
+    kept = list(range(0, 10_000, 1000))
+    assert both["one"].set_index("idx")["correct"].to_dict() == others.set_index("idx").loc[kept, "correct"].to_dict()
+    assert certified_accuracy(others, [0.25])[0] == 0.35
+    assert certified_accuracy(both["one"], [0.25])[0] == 0.4  # 0, 1,000, 2,000, 3,000 of the 10 common images
+    assert ch.describe_images(both["one"]) == "10 test images (every 1,000th: 0, 1,000, ..., 9,000)"
+    assert ch.describe_images(others.iloc[:3]) == "3 test images (every 500th: 0, 500, ..., 1,000)"
+    with pytest.raises(ValueError, match="share no test image"):
+        ch.common_images({"a": others.iloc[1:2], "b": multi.iloc[-1:]})
+    with pytest.raises(ValueError, match="twice"):
+        ch.common_images({"a": pd.concat([others, others.iloc[:1]])})
+    s = ch.settings("cpu", every=500, multi_every=1000)
+    assert "tables with both rows use the 10 common ones (every 1,000th)" in ch.images_plan(s)
+    assert ch.images_plan(ch.settings("cpu")) == "every 100th of the 10,000 (100), every method"
+    # Table 1 then reports every row on the common images
+    gauss = {(ch.LABELS[k], sg): (multi if k == "multi_step" else others) for k in ch.LABELS for sg in (0.25, 0.5)}
+    assert set(ch.table1(gauss, (0.25, 0.5))["images"].dropna()) == {10}
+
+
+def test_the_map_check_passes_the_derived_step_and_fails_the_printed_sign_and_a_zero_score():
+    # the closed form is map_error_single's formula, not this code's output
+    from rsbook.papers import score_denoising as ch
+
+    mix = _mixture()
+    table = ch.map_error_table(mix, (0.05, 0.2, 0.5), torch.Generator().manual_seed(7), draws=3000)
+    C = ch.MAP_COLUMNS
+    assert ch.map_deviation(table, C["ours"]) <= ch.TOLERANCE_MAP
+    assert ch.map_deviation(table, C["printed"]) > 100  # runs off
+    assert ch.map_deviation(table, C["zero"]) > 0.5  # returns y: sigma E||z|| against the shrunk closed form
+    for sg in table.index:
+        assert table.loc[sg, C["closed"]] == pytest.approx(map_error_single(sg, mix.tau, 2))
+    # the printed-sign score, one step by hand: zero score, a = eta sigma^2 = 0.5 sigma^2: x0 - 0.5 (y - x0)
+    y, x0 = torch.tensor([[1.0, 1.0]]), torch.tensor([[3.0, -1.0]])
+    out = anneal(ch.printed_sign_score(ZeroScore(), y, 0.4), y, 0.4, "gaussian", Anneal(levels=1, steps=1, eta=0.5), x0=x0)
+    torch.testing.assert_close(out, torch.tensor([[4.0, -2.0]]))
+
+
+class _GaussianImageScore(nn.Module):
+    """The exact score of N(mu, tau^2 I) images smoothed at sigma; with ``snap`` it evaluates the nearest
+    of ``snap``'s levels instead (a network that only works at its training levels)."""
+
+    def __init__(self, mu: float, tau: float, snap: tuple[float, ...] = ()):
+        super().__init__()
+        self.mu, self.tau, self.snap = mu, tau, snap
+
+    def forward(self, y, sigma):
+        s = sigma.reshape(-1, 1, 1, 1)
+        if self.snap:
+            grid = torch.tensor(self.snap)
+            s = grid[(torch.log(s.reshape(-1, 1)) - torch.log(grid)).abs().argmin(1)].reshape(-1, 1, 1, 1)
+        return (self.mu - y) / (self.tau**2 + s**2)
+
+
+def test_the_unseen_level_check_holds_for_the_exact_score_and_fails_for_one_that_snaps_to_its_levels():
+    from rsbook.papers import score_denoising as ch
+
+    g = torch.Generator().manual_seed(8)
+    x = 0.5 + 0.2 * torch.randn(40, 3, 8, 8, generator=g)
+    levels = [0.2154, 0.3594, 0.5995, 1.0]
+    good = ch.unseen_level_psnr(_GaussianImageScore(0.5, 0.2), x, 0.45, levels)
+    assert (good.below, good.above, good.nearest) == (0.3594, 0.5995, 0.3594)
+    assert good.holds  # the exact (MMSE) denoiser does not dip between the levels
+    # the control: the same denoiser told the nearest training level, computed here by hand
+    from rsbook.methods.denoise import denoising_psnr
+
+    told = denoising_psnr(lambda y, s: tweedie(_GaussianImageScore(0.5, 0.2), y, 0.3594), x, 0.45,
+                          generator=torch.Generator().manual_seed(0))
+    assert good.control == pytest.approx(told, abs=1e-4) and good.control < good.psnr
+    # a network whose score at an unseen level is its score at the nearest training level fails the check
+    snapping = ch.unseen_level_psnr(_GaussianImageScore(0.5, 0.2, snap=tuple(levels)), x, 0.45, levels)
+    assert not snapping.holds
+    # for Gaussian data a 20 % wrong level costs little (the MMSE is flat near its optimum), so the control passes
+    # here; the CIFAR-10 score network loses more (the chapter shows it). The rule, on given numbers:
+    u = ch.UnseenLevel(0.45, 0.3594, 0.5995, psnr=20.8, psnr_below=21.8, psnr_above=19.5, control=19.3)
+    assert u.interpolated == pytest.approx(21.8 - 2.3 * math.log(0.45 / 0.3594) / math.log(0.5995 / 0.3594))
+    assert u.holds and u.control_fails
+    dipped = ch.UnseenLevel(0.45, 0.3594, 0.5995, psnr=u.interpolated - 0.6, psnr_below=21.8, psnr_above=19.5, control=19.3)
+    assert not dipped.holds
+
+
+def test_score_evaluations_are_counted_and_the_schedule_table_follows_the_code():
+    from rsbook.papers import score_denoising as ch
+
+    net = ScoreUNet(width=4)
+    counted = ch.score_evaluations(net, Anneal(levels=3, steps=2), torch.rand(2, 3, 8, 8))
+    assert counted == {"one_step": 1, "multi_step": 6}
+    sched = ch.schedule_table(Anneal(levels=3, steps=2, final=0.25, eta=1.0), [0.4])
+    assert sched["sigma_i"].tolist() == pytest.approx([0.4, 0.2, 0.1])
+    assert sched["step a_i = eta sigma_i^2"].tolist() == pytest.approx([0.16, 0.04, 0.01])
+    assert sched["data-term weight a_i / sigma^2"].tolist() == pytest.approx([1.0, 0.25, 0.0625])
+    # the table's data-term weight is the code's: one step of a zero score from x0 moves a_i / sigma^2 of the way to y
+    y, x0 = torch.zeros(1, 2), torch.ones(1, 2)
+    out = anneal(ZeroScore(), y, 0.4, "gaussian", Anneal(levels=1, steps=1, eta=0.25), x0=x0)
+    torch.testing.assert_close(out, x0 * (1 - 0.25))
+
+
+def test_not_worse_by_holds_fails_and_is_undecided():
+    from rsbook.papers import score_denoising as ch
+
+    b = np.array([1] * 50 + [0] * 50)
+    assert ch.not_worse_by(b, b, 0.1, "same").outcome is True  # no gap at all
+    far = np.array([1] * 10 + [0] * 90)
+    assert ch.not_worse_by(far, b, 0.1, "far").outcome is False  # 40 points below
+    close = b.copy()
+    close[:8] = 0  # 8 points below, 100 images: the interval straddles 0.10
+    assert ch.not_worse_by(close, b, 0.1, "close").outcome is None
+
+
+@functools.lru_cache(maxsize=1)
+def _mixture_tables():
+    from rsbook.papers import score_denoising as ch
+
+    mix = _mixture()
+    prop31 = ch.tweedie_table(mix, mix.score, (0.25, 0.5), torch.Generator().manual_seed(9), draws=2000)
+    thm32 = ch.map_error_table(mix, (0.05, 0.2, 0.5, 1.0), torch.Generator().manual_seed(10), draws=2000)
+    return prop31, thm32
+
+
+def _claims_inputs(one_row: tuple[int, ...], unseen_row: tuple[int, ...] | None = None):
+    from rsbook.papers import score_denoising as ch
+
+    s = ch.settings("cpu")
+    idx = list(range(0, 10_000, 100))
+    L = ch.LABELS
+    rows = {"white": ch.TABLE1["white-box smoothing (Cohen et al.)"], "none": (5, 2, 0, 0, 0, 0),
+            "dncnn": (40, 15, 5, 0, 0, 0), "one_step": one_row, "multi_step": (50, 30, 10, 0, 0, 0)}
+    gauss = {(L[k], sg): _log(_table1_fractions(v), idx) for k, v in rows.items() for sg in s.sigmas}
+    fig = {"multi_step": _log({0.0: 0.6, 0.25: 0.42}, idx), "white": _log({0.0: 0.6, 0.25: 0.45}, idx),
+           "none": _log({0.0: 0.1, 0.25: 0.02}, idx)}
+    noises = {nz: {L["multi_step"]: fig["multi_step"], "white-box (trained with this noise)": fig["white"], L["none"]: fig["none"]}
+              for nz in ("gaussian", "laplace", "uniform")}
+    unseen = _log(_table1_fractions(one_row if unseen_row is None else unseen_row), idx)
+    prop31, thm32 = _mixture_tables()
+    up = ch.UnseenLevel(0.45, 0.3594, 0.5995, psnr=20.8, psnr_below=21.8, psnr_above=19.5, control=19.3)
+    nets = ch.Networks(338_000, 3267.0, 5, 38_000, 263.0, 1, "8x32", "cnn4", 20, 3781.0)
+    return s, gauss, noises, unseen, prop31, thm32, up, {"one_step": 1, "multi_step": s.anneal.evaluations}, nets
+
+
+def test_the_chapters_claims_follow_the_rule_and_can_fail():
+    from rsbook.papers import score_denoising as ch
+
+    paper = ch.TABLE1["denoised, score network, one-step (the paper)"]
+    c = ch.claims("cpu", *_claims_inputs(paper))
+    v = {r.claim: r.verdict for r in c.rows}
+    table1 = [r for r in c.rows if r.claim.startswith("one-step denoiser, certified accuracy")]
+    assert [r.verdict for r in table1] == ["reproduced"] * 4 + ["not comparable"] * 2  # r = 1.25, 1.5: above the cap
+    assert next(r for r in c.rows if "beats Salman" in r.claim).verdict == "not comparable"
+    assert v["Figure 2 (c): with uniform noise (sigma = 0.5) the same score network's multi-step denoiser certifies the "
+             "off-the-shelf classifier, below white-box smoothing (l1 r = 0.25)"] == "partly"  # 42 vs 45 %: not significant
+    assert all(r.verdict == "reproduced" for r in c.rows if r.claim.startswith(("Proposition", "Theorem", "the multi-step")))
+    assert sum(r.claim.startswith(("Table 2", "Figure 2 (d-f)", "Figure 1", "Appendix C")) for r in c.rows) == 4
+    assert all(r.test for r in c.rows if r.verdict != "not comparable" or "beats" in r.claim)
+    # a one-step denoiser that certifies nothing fails Table 1, the white-box comparison and "a denoiser is needed"
+    bad = ch.claims("cpu", *_claims_inputs((0, 0, 0, 0, 0, 0)))
+    got = {r.claim: r.verdict for r in bad.rows}
+    assert [r.verdict for r in bad.rows if r.claim.startswith("one-step denoiser, certified")][:4] == ["not reproduced"] * 4
+    assert all(got[k] == "not reproduced" for k in got if k.startswith("the one-step denoiser approaches white-box"))
+    assert got["a denoiser is needed: without one the off-the-shelf classifier certifies little (l2 r = 0.25)"] == "not reproduced"
+    # a denoiser that fails at the unseen level alone fails the certified-accuracy check there (the PSNR checks hold)
+    lost = ch.claims("cpu", *_claims_inputs(paper, unseen_row=(0, 0, 0, 0, 0, 0)))
+    assert next(r for r in lost.rows if r.claim.startswith("one score network")).verdict == "partly"
+    assert next(r for r in c.rows if r.claim.startswith("one score network")).verdict == "reproduced"

@@ -27,11 +27,18 @@ def styled(df: pd.DataFrame, formats: Mapping[str, str] | str | None = "{:.3f}",
         if isinstance(formats, dict) and pd.api.types.is_float_dtype(df.iloc[:, 0]):
             formats = {df.columns[0]: "{:g}", **formats}
     st = df.style.set_table_styles(_STYLES)
+    given = {}
     if isinstance(formats, str):
-        floats = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
-        st = st.format({c: formats for c in floats}, na_rep="-")
+        given = {c: formats for c in df.columns if pd.api.types.is_float_dtype(df[c])}
     elif formats:
-        st = st.format(dict(formats), na_rep="-")
+        given = dict(formats)
+    text = [c for c in df.columns if c not in given and not pd.api.types.is_numeric_dtype(df[c])]
+    # a later format() resets the columns it is not given, so every column gets its formatter in one call;
+    # text is escaped (a "<=" in a claim is text, not markup)
+    if given:
+        st = st.format(given, na_rep="-", escape="html")
+    if text:
+        st = st.format(subset=text, escape="html", na_rep="-")
     if not index:
         st = st.hide(axis="index")
     elif pd.api.types.is_float_dtype(df.index):
