@@ -188,3 +188,44 @@ def test_a1_names_the_machine_of_each_run():
     assert [a1.same_machine(r, here, feats) for r in (old, same, other)] == [None, True, False]
     assert a1.same_machine(same, "cpu: Test CPU (1 threads)", feats) is False
     assert a1.measured_on(same) == here and a1.machine_load(old).startswith("idle")
+
+
+def test_a1_page_text_and_claims_from_known_runs():
+    from rsbook.book.claims import Check
+    from rsbook.papers import appendix_speed as a1
+
+    feats = {"torch_capability": "AVX2", "avx512f": True}
+    met = _fake_certify_result((100.0, 80.0, 100.0), (250.0, 210.0, 250.0), (260.0, 200.0, 260.0), features=feats)
+    near = _fake_certify_result((100.0, 80.0, 100.0), (199.6, 180.0, 199.6), (210.0, 200.0, 210.0))  # 1.996x: missed
+    straddle = _fake_certify_result((100.0, 80.0, 100.0), (240.0, 190.0, 240.0), (250.0, 240.0, 250.0))  # 2.4x, worst 1.9x
+    results = [met, near, straddle]
+    for r in results:
+        r["meta"]["torch"] = "2.13.0"
+    table = a1.summary_table(results)
+    assert a1.cpu_features_text(results) == ("the runs that record it were measured on a CPU with AVX-512 and without AVX-512 BF16, "
+                                             "AMX BF16, AVX-512 FP16 (PyTorch dispatches to AVX2).")
+    assert a1.machines_note(results, table, "cpu: Test CPU (2 threads)", feats) == (
+        "Measured on cpu: Test CPU (2 threads) with torch 2.13.0, 2026-01-01. This page was built on cpu: Test CPU (2 threads) "
+        "(AVX2); run 1 was measured on a machine of that kind (same device name, threads and CPU features; the host itself is "
+        "not recorded); runs 2, 3 did not record their CPU features, so whether they were measured on a machine of that kind "
+        "cannot be told.")
+    _, checks = a1.targets_table(table)
+    note = a1.speedup_note(table, a1.speedup_factors(table), checks)
+    assert note.startswith("Run 2 miss the 2x CPU target.")
+    assert ("* run 2 (cnn4 (random init)): the reference loop loses only 10.000x against its model's best raw speed, and the "
+            "engine's evaluation (channels_last, compilation) is 0.210x faster") in note  # 1000 / 100 and 210 / 1000 img/s
+    assert note.endswith("Run 3 clear the target with their best rounds (2.400x) but not in the worst case over their rounds "
+                         "(1.900x): the machine's speed varied too much during them to call the target met.")
+    assert a1.speedup_note(table.loc[[1]], a1.speedup_factors(table.loc[[1]]), checks) == ""  # run 1 meets it
+    den = [{"one-step: certify / forward": 0.95, "multi-step: certify / forward": 0.92, "multi-step: engine / one-sample loop": 3.0,
+            "ceiling: forward at batch B / batch 1": 2.5, "measured on": "cpu: Test CPU (2 threads)", "machine load": "idle",
+            "checks": [Check(True, "a"), Check(True, "b"), Check(False, "c")]}]
+    claims = a1.claims("cpu", results, table, den, [True, False], {})
+    verdicts = {r.claim.split(" (")[0]: r.verdict for r in claims.rows}
+    assert verdicts == {
+        "denoised certification": "reproduced", "the batched multi-step denoiser at >= 10x a one-sample-at-a-time loop": "not reproduced",
+        "Smooth.certify runs at >= 0.9 of the model's raw forward throughput": "inconclusive",  # 0.96 / 0.95 best, 0.81 / 0.86 worst
+        ">= 2x the published loop on a CPU": "partly",  # met, missed, undecided
+        "certificates equal the published loop's": "reproduced",
+        "a K-process torchrun run gives the one-process log": "partly"}
+    assert claims.rows[3].ours == "2.500x, 1.996x, 2.400x" and "batching gains at most 2.500x" in claims.rows[1].reason

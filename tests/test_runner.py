@@ -1,5 +1,6 @@
 """The dataset-level runner: resumable, one flushed row per image, nothing lost or duplicated."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -131,6 +132,39 @@ def test_chapter_0_plan_is_exactly_its_committed_artifacts():
     assert planned == committed
     assert sum(p.images for p in certs) == (4 + 4) * 500 + 16 * 100 + 3 * 500 + 2 * 500  # fixed, universal, grid, MNIST, sequential
 
+
+
+def test_chapter_0_claims_from_known_logs():
+    # The claims table on hand-made logs at the cpu settings (n = 1,000, alpha = 0.001): the radius cap
+    # there is sigma * Phi^-1(0.001^(1/1000)) = 2.462 sigma, at n_max = 100,000 it is 3.81 sigma.
+    from rsbook.papers import cohen2019
+
+    def log(radius, k=100):
+        radius = np.broadcast_to(np.asarray(radius, float), (k,))
+        return pd.DataFrame({"idx": np.arange(k) * 20, "correct": 1, "radius": radius, "predict": 0})
+
+    s = cohen2019.settings("cpu")
+    logs = {"sigma=0.12": log(0.3), "sigma=0.25": log(0.55), "sigma=0.50": log([1.1] * 23 + [0.9] * 77), "sigma=1.00": log(0.0)}
+    grid = {(t, sm): log(1.0 if t == sm else 0.5, 30) for t in s.sigmas for sm in s.sigmas}
+    seq = {"sigma=0.25": log(0.8), "sigma=0.50": log(1.6)}
+    points, above = cohen2019.sequential_points(seq, 1000, 0.001)
+    assert points == above == {"sigma=0.25": (0.75, 1.0), "sigma=0.50": (1.5, 1.0)}
+    assert cohen2019.sequential_points(seq, 100_000, 0.001)[1] == {}  # below the caps 0.95 and 1.91 of n = 100,000
+    rows = {r.claim: r for r in cohen2019.claims("cpu", s, 1000, logs, grid, {sg: sg for sg in s.sigmas}, 30, seq).rows}
+    assert len(rows) == 10
+    clean = rows["clean accuracy of g falls as sigma grows (0.12 > 0.25 > 0.50 > 1.00)"]
+    assert (clean.paper, clean.ours, clean.verdict) == ("0.81 > 0.75 > 0.65 > 0.47", "1.00 > 1.00 > 1.00 > 1.00", "inconclusive")
+    fixed = {(r.claim.split("r = ")[1].split(",")[0], r.verdict) for r in rows.values() if "(fixed n = 1,000)" in r.claim}
+    # 1.00 vs 0.43; above the cap 0.62; 0.23 vs 0.23; 0 of 100 images vs 0.14
+    assert fixed == {("0.5", "not reproduced"), ("0.75", "not comparable"), ("1.0", "reproduced"), ("1.5", "not reproduced")}
+    assert "above our cap 0.62" in rows["certified accuracy at r = 0.75, sigma = 0.25 (fixed n = 1,000)"].reason
+    matched = rows["for each smoothing sigma, the model trained at that sigma has the best ACR"]
+    assert matched.verdict == "reproduced" and matched.ours.endswith("0.12 → 0.12, 0.25 → 0.25, 0.5 → 0.5, 1 → 1")
+    sequential = rows["certified accuracy at r = 0.75, sigma = 0.25 (sequential, n_max = 100,000)"]
+    assert sequential.verdict == "not reproduced" and sequential.reason == "above the cap of fixed n = 1,000; sequential certifier, appendix A2"
+    note = cohen2019.setting_note(s, 1000, 500, 20)
+    assert note.startswith("**Setting.** Ours: cnn4, 20 epochs, n = 1,000, 500 test images (every 20th). Paper: cifar_resnet110, "
+                           "90 epochs, n = 100,000")
 
 def test_announced_time_follows_the_measured_rates(tmp_path, capsys):
     import json

@@ -218,3 +218,31 @@ def test_agreement_with_fixed_n_accounts_for_the_number_of_test_images():
     worse.loc[:39, "radius"] = 0.4
     gap, check = agreement_check(worse, big, (0.0, 0.5), 0.02)
     assert gap == pytest.approx(0.2) and check.outcome is False
+
+
+def test_a2_claims_from_known_logs():
+    from rsbook.bench import BenchConfig
+    from rsbook.papers import appendix_sequential as a2
+
+    def log(radius, samples, k):
+        return pd.DataFrame({"idx": np.arange(k) * 200, "correct": 1, "radius": radius, "samples": samples})
+
+    # cpu: n0 = 100, n_max = 100,000; the sequential runs used 1,000 (sigma 0.25) and 20,020 (sigma 0.5) passes per image
+    logs = {0.25: {"sequential": log(0.8, 1000, 50), "reference": log(0.8, 100_100, 50)},
+            0.5: {"sequential": log(1.6, 20_020, 50), "reference": log(1.6, 100_100, 50)}}
+    assert a2.pass_ratios(logs, 100, 100_000) == {0.25: pytest.approx(100.1), 0.5: pytest.approx(5.0)}
+    agree = a2.agreements(logs, (0.0, 0.5, 1.0))
+    assert [g for g, _ in agree.values()] == [0.0, 0.0]
+    assert [c.outcome for _, c in agree.values()] == [None, None]  # 0 of 50 differ: the upper end 0.071 is above 0.02
+    sound = pd.DataFrame({"sequential: error": [0.01, 0.07], "naive CP looks: error": [0.2, 0.03], "alpha": [0.05, 0.05],
+                          "slack (3 s.e.)": [0.0146, 0.0146]})
+    bench = {"meta": {"contention": {"contended": True, "reasons": ["busy"]}, "forward_pass_ratio": 5.0, "wall_ratio": 0.8,
+                      "device": "cpu: Test CPU", "date": "2026-01-01"}}
+    rows = a2.claims("cpu", logs, sound, bench, BenchConfig(n=10_000, images=10), 50).rows
+    assert [r.verdict for r in rows] == ["partly", "partly", "partly", "partly", "not reproduced", "not reproduced", "reproduced",
+                                         "inconclusive"]
+    assert rows[0].ours == "100.1x (sigma = 0.25), 5.0x (sigma = 0.5)"  # 5.0 < 10: the second check fails
+    assert "50 images bound the share at 0.071, and it takes 183 such images" in rows[1].reason
+    assert rows[7].test.startswith("fixed N's wall time") and "busy machine (busy)" in rows[7].test
+    assert a2.setting_note("cpu", 500, 50).startswith("**Setting.** Chapter 0's cnn4 models, 500 test images (sequential, fixed "
+                                                      "N = 1,000), 50 (fixed N = 100,000)")

@@ -13,8 +13,9 @@ The page certifies chapter 0's sigma = 0.25 and 0.5 CNNs three ways on CIFAR-10:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -23,10 +24,10 @@ from torch import nn
 
 from ..artifacts import ArtifactStore
 from ..bench import BenchConfig
-from ..book.claims import LEVEL, Check, greater, proportion
+from ..book.claims import LEVEL, Check, Claims, greater, proportion
 from ..book.profiles import chapter_store, check_profile
 from ..core.bounds import clopper_pearson_lower
-from ..core.certify import Smooth
+from ..core.certify import Smooth, max_certified_radius
 from ..core.engine import Item
 from ..core.noise import Gaussian
 from ..core.runner import CertifyConfig
@@ -35,7 +36,7 @@ from . import cohen2019
 
 __all__ = ["CHAPTER", "Settings", "settings", "store", "reference_config", "reference_store", "bench_config", "KnownP",
            "boundary_error_rates", "power_table", "stream_bounds", "largest_certified", "passes_per_image", "method_table",
-           "agreement_check", "radius_categories", "radius_palette"]
+           "agreement_check", "radius_categories", "radius_palette", "pass_ratios", "agreements", "claims", "setting_note"]
 
 CHAPTER = "A2_sequential_certification"
 
@@ -276,3 +277,92 @@ def agreement_check(sequential, reference, radii, tol: float = 0.02, what: str =
             f"{LEVEL:.0%} Clopper-Pearson interval [{ci.low:.3f}, {ci.high:.3f}] "
             f"({'within' if ci.high <= tol + 1e-12 else 'not within'} {tol:g})")
     return float(max(gaps)), Check(outcome, test)
+
+
+# -- the page's claims ----------------------------------------------------------------------------
+
+
+def pass_ratios(logs: Mapping[float, Mapping[str, Any]], n0: int, n_max: int) -> dict[float, float]:
+    """Per sigma of ``logs`` (as in :func:`method_table`), fixed N's forward passes per image, ``n0 + n_max``,
+    over the sequential run's mean (:func:`passes_per_image`): how many times fewer the sequential run used."""
+    return {s: (n0 + n_max) / passes_per_image(L["sequential"], "sequential", n0, n_max) for s, L in logs.items()}
+
+
+def agreements(logs: Mapping[float, Mapping[str, Any]], radii, tol: float = 0.02) -> dict[float, tuple[float, Check]]:
+    """Per sigma of ``logs``, :func:`agreement_check` of the sequential log against the reference log:
+    ``(largest gap on the reference images, Check)``."""
+    return {s: agreement_check(L["sequential"], L["reference"], radii, tol, what=f"sigma {s:g}") for s, L in logs.items()}
+
+
+def claims(profile: str, logs: Mapping[float, Mapping[str, Any]], sound, bench: dict, bench_cfg: BenchConfig,
+           reference_images: int) -> Claims:
+    """The page's claims table (:mod:`rsbook.book.claims`) at ``profile``.
+
+    ``logs``: per sigma, chapter 0's ``sequential`` and ``fixed`` logs and the ``reference`` log on
+    the ``reference_images``-image subset (as in :func:`method_table`); ``sound``: the soundness table,
+    one row per :func:`boundary_error_rates` with the columns ``"sequential: error"``, ``"naive CP looks:
+    error"``, ``"alpha"`` and ``"slack (3 s.e.)"``; ``bench``: the ``rsbook bench sequential`` result
+    of ``bench_cfg``.
+    """
+    S0, S = cohen2019.settings(profile), settings(profile)
+    sigmas, n_fix, n_ref, n_max = list(logs), S0.n, S.n_reference, S0.n_max
+    ratio = pass_ratios(logs, S0.n0, n_max)
+    agree = agreements(logs, list(cohen2019.SEQUENTIAL.radii), 0.02)
+    gap = {s: g for s, (g, _) in agree.items()}
+    c = Claims(CHAPTER, profile)
+    n_seq = len(logs[sigmas[0]]["sequential"])
+    c.qualitative(f">= 10x fewer forward passes than fixed N = {n_max:,} (mean per image, n_max = {n_max:,})", "target (Voracek 2024: > 10x)",
+                  ", ".join(f"{ratio[s]:.1f}x (sigma = {s:g})" for s in sigmas), [bool(ratio[s] >= 10) for s in sigmas],
+                  test=f"per sigma: (n0 + N) / the mean forward passes per image logged by the sequential run on its {n_seq} test "
+                       "images, at least 10 (a count on the stored logs, exact for these images)")
+    c.qualitative(f"certified accuracy within 0.02 of fixed N = {n_ref:,} at every radius, same images", "target",
+                  ", ".join(f"largest gap {gap[s]:.3f} (sigma = {s:g})" for s in sigmas),
+                  [bool(gap[s] <= 0.02 + 1e-12) for s in sigmas] + [k for _, k in agree.values()],
+                  why=(f"on the {reference_images}-image reference subset; the first checks are the gaps on these images, the others "
+                       "ask whether the images establish the target for the test distribution: even with no image decided "
+                       f"differently, {reference_images} images bound the share at {proportion(0, reference_images).high:.3f}, and it "
+                       f"takes {math.ceil(math.log((1 - LEVEL) / 2) / math.log(1 - 0.02))} such images to bound it at 0.02"),
+                  test="per sigma: the largest gap on these images is at most 0.02 (exact); then the Clopper-Pearson interval "
+                       "of the share of images decided differently, which bounds the gap")
+    slack = sound["slack (3 s.e.)"]
+    c.qualitative("the sequential certifier is sound at the boundary (error <= alpha)", f"alpha = {S.boundary_alpha:g}",
+                  ", ".join(f"{e:.4f}" for e in sound["sequential: error"]),
+                  [bool(e <= a + sl) for e, a, sl in zip(sound["sequential: error"], sound["alpha"], slack)],
+                  test=(f"per p: the error over {S.boundary_runs:,} runs is at most alpha + 3 s.e., "
+                        "s.e. = sqrt(alpha (1 - alpha) / runs); "
+                        "slack " + ", ".join(f"{sl:.4f}" for sl in slack)))
+    c.qualitative("stopping when a fixed-n Clopper-Pearson bound clears is not sound (negative control)", f"error > alpha = {S.boundary_alpha:g}",
+                  ", ".join(f"{e:.3f}" for e in sound["naive CP looks: error"]),
+                  [bool(e > a + sl) for e, a, sl in zip(sound["naive CP looks: error"], sound["alpha"], slack)],
+                  test=(f"per p: the error over {S.boundary_runs:,} runs exceeds alpha + 3 s.e., s.e. = sqrt(alpha (1 - alpha) / runs); "
+                        "slack " + ", ".join(f"{sl:.4f}" for sl in slack)))
+    for s, r in [(0.25, 0.75), (0.50, 1.5)]:
+        if s in sigmas:
+            seq_cap = max_certified_radius(Gaussian(s), n_max, S0.alpha)  # Clopper-Pearson's; the sequence's is slightly lower
+            c.numeric(f"certified accuracy at r = {r}, sigma = {s:g} (sequential, n_max = {n_max:,})", cohen2019.COHEN_CIFAR10[s][r],
+                      cohen2019.certified_estimate(logs[s]["sequential"], r), fmt="{:.3f}", comparable=r < seq_cap,
+                      why=f"above the cap of fixed N = {n_fix:,}; our model is chapter 0's {S0.arch}, not ResNet-110"
+                          + ("" if r < seq_cap else f"; r = {r} is above the cap {seq_cap:.2f} of n_max = {n_max:,} too"))
+    bench_ct = bench["meta"]["contention"]
+    c.qualitative(f"one run, same images: fewer forward passes than fixed N = {bench_cfg.n:,}", "target of the benchmark",
+                  f"{bench['meta']['forward_pass_ratio']:.1f}x fewer forward passes ({bench_cfg.images} images)",
+                  [bool(bench["meta"]["forward_pass_ratio"] > 1)],
+                  test="a count of forward passes (exact; the machine's load cannot change it)")
+    c.qualitative(f"one run, same images: less wall time than fixed N = {bench_cfg.n:,}", "target of the benchmark",
+                  f"{bench['meta']['wall_ratio']:.1f}x less wall time ({bench_cfg.images} images)",
+                  [Check(None, "the run was measured on a busy machine (" + "; ".join(bench_ct["reasons"]) + "): its wall times "
+                               "are not evidence") if bench_ct["contended"] else bool(bench["meta"]["wall_ratio"] > 1)],
+                  why=(f"measured on {bench['meta']['device']}, {bench['meta']['date']}"
+                       + ("; contended, so undecided until it is rerun on an idle machine" if bench_ct["contended"] else "")),
+                  test="fixed N's wall time over the sequential run's, above 1")
+    return c
+
+
+def setting_note(profile: str, images: int, reference_images: int) -> str:
+    """The claims table's note: chapter 0's models and settings, on ``images`` test images (sequential and
+    fixed N) and ``reference_images`` (the reference runs)."""
+    S0, S = cohen2019.settings(profile), settings(profile)
+    return (f"**Setting.** Chapter 0's {S0.arch} models, {images} test images (sequential, fixed N = {S0.n:,}), "
+            f"{reference_images} (fixed N = {S.n_reference:,}); n0 = {S0.n0}, alpha = {S0.alpha:g}. Certified accuracies are proportions "
+            "of test images certified correct at the radius; the margin in their rows is the allowance for chapter 0's smaller "
+            "model and shorter training.")
