@@ -465,3 +465,15 @@ def test_the_chapters_claims_follow_the_rule_and_can_fail():
     lost = ch.claims("cpu", *_claims_inputs(paper, unseen_row=(0, 0, 0, 0, 0, 0)))
     assert next(r for r in lost.rows if r.claim.startswith("one score network")).verdict == "partly"
     assert next(r for r in c.rows if r.claim.startswith("one score network")).verdict == "reproduced"
+
+
+def test_the_claims_of_a_run_at_one_sigma_keep_the_psnr_checks_of_the_unseen_level():
+    # a reader's -p sigmas 0.25 (or the dry run) has no certified level on both sides of sigma = 0.45
+    from rsbook.papers import score_denoising as ch
+
+    paper = ch.TABLE1["denoised, score network, one-step (the paper)"]
+    s, gauss, *rest = _claims_inputs(paper)
+    one = ch.settings("cpu", sigmas="0.25")
+    c = ch.claims("cpu", one, {k: v for k, v in gauss.items() if k[1] == 0.25}, *rest)
+    row = next(r for r in c.rows if r.claim.startswith("one score network"))
+    assert "needs run sigmas on both sides of 0.45 (this run: 0.25)" in row.test and row.verdict == "reproduced"

@@ -927,24 +927,31 @@ def claims(profile: str, s: Settings, gauss: Mapping[tuple[str, float], pd.DataF
                       why=f"white-box: {'chapter 0' if nz == 'gaussian' else 'a classifier trained with this noise'}; "
                           f"multi-step schedule L x T = {s.anneal.levels} x {s.anneal.steps}")
     # one network for any level
-    lo_s, hi_s = max(v for v in sig if v < s.unseen_sigma), min(v for v in sig if v > s.unseen_sigma)
-    seen = common_images({lo_s: logs[(one, lo_s)], hi_s: logs[(one, hi_s)], s.unseen_sigma: unseen})
-    t = (s.unseen_sigma - lo_s) / (hi_s - lo_s)
-    k_u = certified(seen[s.unseen_sigma], 0.25)
-    interp = (1 - t) * certified(seen[lo_s], 0.25).mean() + t * certified(seen[hi_s], 0.25).mean()
-    e_u = proportion(int(k_u.sum()), k_u.size)
     u = unseen_psnr
+    psnr_test = (f"PSNR at least the interpolation minus {u.tolerance_db:g} dB ({u.interpolated - u.tolerance_db:.2f}): "
+                 f"{u.holds}; negative control, the network told the nearest training level {u.nearest:.3g}: "
+                 f"{u.control:.2f} dB, below {u.interpolated - u.tolerance_db:.2f} (it must fail): {u.control_fails}")
+    psnr_ours = f"PSNR {u.psnr:.2f} dB (interpolated from the training levels {u.below:.3g}, {u.above:.3g}: {u.interpolated:.2f})"
+    lo = [v for v in sig if v < s.unseen_sigma]
+    hi = [v for v in sig if v > s.unseen_sigma]
+    if lo and hi:  # certified accuracy at the unseen level against the run's levels on both sides of it
+        lo_s, hi_s = max(lo), min(hi)
+        seen = common_images({lo_s: logs[(one, lo_s)], hi_s: logs[(one, hi_s)], s.unseen_sigma: unseen})
+        t = (s.unseen_sigma - lo_s) / (hi_s - lo_s)
+        k_u = certified(seen[s.unseen_sigma], 0.25)
+        interp = (1 - t) * certified(seen[lo_s], 0.25).mean() + t * certified(seen[hi_s], 0.25).mean()
+        e_u = proportion(int(k_u.sum()), k_u.size)
+        ours = (f"certified accuracy {e_u.value:.2f} at l2 r = 0.25 (interpolated from sigma = {lo_s:g}, {hi_s:g}: "
+                f"{interp:.2f}); {psnr_ours}")
+        checks = [e_u.covers(interp, MARGIN), u.holds, u.control_fails]
+        test = (f"the interpolation {interp:.2f} in our interval [{e_u.low:.2f}, {e_u.high:.2f}] (Clopper-Pearson, "
+                f"{e_u.n} images) +- margin {MARGIN:.2f}: {e_u.covers(interp, MARGIN)}; {psnr_test}")
+    else:  # e.g. a run at one sigma: no certified level on both sides to interpolate, the PSNR checks alone
+        ours, checks = psnr_ours, [u.holds, u.control_fails]
+        test = (f"{psnr_test}; the certified-accuracy check needs run sigmas on both sides of {s.unseen_sigma:g} "
+                f"(this run: {', '.join(f'{v:g}' for v in sig)})")
     c.qualitative(f"one score network for any noise level, without retraining (sigma = {s.unseen_sigma:g}, not a training "
-                  "level)", "any sigma",
-                  f"certified accuracy {e_u.value:.2f} at l2 r = 0.25 (interpolated from sigma = {lo_s:g}, {hi_s:g}: "
-                  f"{interp:.2f}); PSNR {u.psnr:.2f} dB (interpolated from the training levels {u.below:.3g}, "
-                  f"{u.above:.3g}: {u.interpolated:.2f})",
-                  [e_u.covers(interp, MARGIN), u.holds, u.control_fails],
-                  test=(f"the interpolation {interp:.2f} in our interval [{e_u.low:.2f}, {e_u.high:.2f}] (Clopper-Pearson, "
-                        f"{e_u.n} images) +- margin {MARGIN:.2f}: {e_u.covers(interp, MARGIN)}; PSNR at least the "
-                        f"interpolation minus {u.tolerance_db:g} dB ({u.interpolated - u.tolerance_db:.2f}): {u.holds}; "
-                        f"negative control, the network told the nearest training level {u.nearest:.3g}: {u.control:.2f} dB, "
-                        f"below {u.interpolated - u.tolerance_db:.2f} (it must fail): {u.control_fails}"),
+                  "level)", "any sigma", ours, checks, test=test,
                   why="a denoiser that only worked at its training levels would dip between them; the margin allows for the "
                       "interpolation's own sampling error")
     # the closed forms
