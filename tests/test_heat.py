@@ -342,9 +342,9 @@ def test_chapter_3_announces_fine_tunings_and_attack_logs_at_the_measured_rates(
         "advconfig-c": {"type": "AdvConfig", "base": cnn, "method": "pgd", "steps": 4, "m": 1, "train_subset": 0,
                         "history": [{"seconds": 350.0}]},
         "robustnessconfig-d": {"type": "RobustnessConfig", "model": cnn, "stochastic": True, "attack_m": 32, "steps": 20,
-                               "audit_n": 1000, "images": 10, "seconds": 60.0},
+                               "audit_n": s.audit_n, "images": 10, "seconds": 60.0},
         "robustnessconfig-e": {"type": "RobustnessConfig", "model": cnn, "stochastic": False, "attack_m": 32, "steps": 20,
-                               "audit_n": 1000, "images": 10, "seconds": 1.0},
+                               "audit_n": s.audit_n, "images": 10, "seconds": 1.0},
     }
     for name, cfg in metas.items():
         extra = {k: cfg.pop(k) for k in ("history", "images", "seconds") if k in cfg}
