@@ -13,7 +13,7 @@ the caller's business (see chapter 2 of the book): the bound here holds for the 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sized
 
 import numpy as np
 import torch
@@ -281,7 +281,8 @@ class Smooth:
         """:meth:`predict` for a stream of items, batched by the engine: yields ``(key, class or ABSTAIN)``
         in input order, each from ``n`` draws of its own generator and noise."""
         _check_sampling(n, "n")
-        for key, counts in self.engine.counts(_checked(items, self.num_classes), (n,), batch_size):
+        planned = n * len(items) if isinstance(items, Sized) else None  # a small known run skips the batch sweep
+        for key, counts in self.engine.counts(_checked(items, self.num_classes), (n,), batch_size, planned=planned):
             yield key, vote(counts[0], alpha)
 
     def sample_counts(
