@@ -303,3 +303,14 @@ def test_tables_escape_text_and_keep_every_columns_format():
     for formats in ("{:.2f}", {"value": "{:.2f}"}):
         html = styled(df, formats, index=False).to_html()
         assert "x &lt;= 0.5 &amp; y &lt; 1" in html and ">0.12<" in html and "x <= 0.5" not in html
+
+
+def test_a_median_of_no_values_is_inconclusive_not_an_error():
+    # a dry run's model may classify none of its two test images correctly
+    from rsbook.book.claims import Claims, median
+
+    c = Claims("x", "dry_run")
+    row = c.numeric("median distance", 0.5, median([]), margin=0.05, fmt="{:.3f}")
+    assert row.verdict == "inconclusive" and "in ours [-inf, inf]" in row.test
+    with pytest.raises(ValueError, match="NaN"):
+        median([0.1, float("nan")])

@@ -97,8 +97,10 @@ def median(values: Sequence[float] | np.ndarray, level: float = LEVEL) -> Estima
     from scipy.stats import quantile_test
 
     x = np.asarray(values, dtype=float)
-    if x.size == 0 or np.isnan(x).any():
-        raise ValueError("the median needs at least one value and no NaN")
+    if np.isnan(x).any():
+        raise ValueError("the median needs values without NaN")
+    if x.size == 0:  # nothing to measure (e.g. no image classified correctly): an unbounded interval, inconclusive
+        return Estimate(math.nan, -math.inf, math.inf, "order statistics, no values", 0)
     big = np.finfo(float).max
     ci = quantile_test(np.minimum(x, big), p=0.5).confidence_interval(level)
     lo, hi = (math.inf if v >= big else (-math.inf if np.isnan(v) and k == 0 else (math.inf if np.isnan(v) else float(v)))
@@ -176,8 +178,8 @@ def numeric_verdict(paper: float, ours: Estimate, margin: float) -> str:
 
     >>> numeric_verdict(0.43, proportion(40, 100), 0.05), numeric_verdict(0.75, proportion(40, 100), 0.05)
     ('reproduced', 'not reproduced')
-    >>> numeric_verdict(0.5, median([0.2, 0.9]), 0.05)
-    'inconclusive'
+    >>> numeric_verdict(0.5, median([0.2, 0.9]), 0.05), numeric_verdict(0.5, median([]), 0.05)
+    ('inconclusive', 'inconclusive')
     """
     if not ours.covers(paper, margin):
         return "not reproduced"
@@ -249,7 +251,7 @@ class Claims:
         interval = f"[{fmt.format(ours.low)}, {fmt.format(ours.high)}]"
         if comparable:
             verdict = numeric_verdict(paper, ours, margin)
-            test = (f"paper {fmt.format(paper)} {'in' if verdict == 'reproduced' else 'outside'} ours {interval} "
+            test = (f"paper {fmt.format(paper)} {'outside' if verdict == 'not reproduced' else 'in'} ours {interval} "
                     f"({ours.how}{f', {ours.n} images' if ours.n else ''}) +- margin {fmt.format(margin)}")
         else:
             verdict, test = "not comparable", f"ours {interval} ({ours.how})"
