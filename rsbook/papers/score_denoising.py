@@ -41,6 +41,7 @@ from ..methods import mixture
 from ..methods.denoise import (Anneal, AnnealingDenoiser, Denoised, TweedieDenoiser, anneal, data_gradient, denoising_psnr,
                                tweedie)
 from ..models import for_inference, load_weights
+from ..timing import format_duration
 from ..training.classifier import TrainConfig, trained_model
 from ..training.denoiser import DenoiserConfig, trained_denoiser
 from . import cohen2019
@@ -605,9 +606,7 @@ def table1(gauss: Mapping[tuple[str, float], pd.DataFrame], sigmas: Sequence[flo
 def duration(seconds: float) -> str:
     """A wall time for prose: ``"263 s"``, ``"3,781 s (63 min)"``, ``"12,852 s (3.6 h)"``."""
     s = float(seconds)
-    if s < 120:
-        return f"{s:.0f} s"
-    return f"{s:,.0f} s ({s / 60:.0f} min)" if s < 7200 else f"{s:,.0f} s ({s / 3600:.1f} h)"
+    return format_duration(s) if s < 120 else f"{s:,.0f} s ({format_duration(s)})"
 
 
 # Proposition 3.1 and Theorem 3.2 on the Gaussian mixture, with their negative controls
