@@ -16,8 +16,7 @@ Layout (each folder one layer of the architecture):
 * plumbing beside them: ``data``, ``models``, ``artifacts``, ``provenance``, ``bench``, ``cli``.
 """
 
-__version__ = "0.2.0"
-
+from .infra.version import __version__  # noqa: E402
 from .core.certify import ABSTAIN, Smooth, max_certified_radius  # noqa: E402
 from .core.bounds import clopper_pearson_lower, clopper_pearson_upper  # noqa: E402
 from .core.engine import Engine, Item  # noqa: E402

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .book.profiles import PROFILES
 
 if TYPE_CHECKING:
-    from .distributed import World
+    from .infra.distributed import World
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     params = dict(args.param or [])
     out = Path(args.output) if args.output else Path("runs") / f"{src.stem}.ipynb"
-    from .distributed import world
+    from .infra.distributed import world
 
     w = world()
     if w.distributed and not w.main:  # under torchrun every rank runs the chapter; rank 0's notebook is the result
@@ -94,7 +94,8 @@ def _release_shared_tmp(shared: Path, w: World) -> None:
 
 def _run_epilog() -> str:
     """``rsbook run --help``'s closing text: the chapters of this checkout, and how to see a chapter's parameters."""
-    from .book.pipeline import chapters, repo_root
+    from .book.pipeline import chapters
+    from .infra.paths import repo_root
 
     try:
         names = [c.stem for c in chapters()]
@@ -109,7 +110,7 @@ def _run_epilog() -> str:
 
 def _book(args: argparse.Namespace) -> int:
     from .book.pipeline import build_book
-    from .distributed import world
+    from .infra.distributed import world
 
     if world().distributed:
         print("rsbook book: under torchrun, run each chapter with `torchrun --nproc-per-node=K -m rsbook run CHAPTER -p profile "
@@ -120,8 +121,8 @@ def _book(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from .core.runner import merge_certification
-    from .core.shards import ShardError
+    from .runs.runner import merge_certification
+    from .runs.shards import ShardError
 
     try:
         log, artifact = merge_certification(args.path)
@@ -135,7 +136,7 @@ def _merge(args: argparse.Namespace) -> int:
 def _bench_certify(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from .bench import BenchConfig, bench_certify, format_table, is_contended, write_csv, write_json
+    from .bench.benchmarks import BenchConfig, bench_certify, format_table, is_contended, write_csv, write_json
 
     cfg = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
     result = bench_certify(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -157,7 +158,7 @@ def _bench_certify(args: argparse.Namespace) -> int:
 def _bench_sequential(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from .bench import BenchConfig, bench_sequential, format_sequential, write_json
+    from .bench.benchmarks import BenchConfig, bench_sequential, format_sequential, write_json
 
     names = {f.name for f in fields(BenchConfig)}
     cfg = BenchConfig(**{k: v for k, v in vars(args).items() if k in names})
@@ -171,7 +172,7 @@ def _bench_sequential(args: argparse.Namespace) -> int:
 def _bench_denoised(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from .bench import DenoisedBenchConfig, bench_denoised, format_denoised, write_json
+    from .bench.benchmarks import DenoisedBenchConfig, bench_denoised, format_denoised, write_json
 
     names = {f.name for f in fields(DenoisedBenchConfig)}
     cfg = DenoisedBenchConfig(**{k: v for k, v in vars(args).items() if k in names})
@@ -185,8 +186,8 @@ def _bench_denoised(args: argparse.Namespace) -> int:
 def _bench_scaleout(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from .bench import write_json
-    from .bench_scaleout import ScaleoutConfig, bench_scaleout, format_scaleout
+    from .bench.benchmarks import write_json
+    from .bench.scaleout import ScaleoutConfig, bench_scaleout, format_scaleout
 
     cfg = ScaleoutConfig(**{f.name: getattr(args, f.name) for f in fields(ScaleoutConfig)})
     result = bench_scaleout(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -206,8 +207,8 @@ def _ints(text: str) -> tuple[int, ...]:
 def _certification_arguments(p: argparse.ArgumentParser, d, n: int | None = None, n_help: str | None = None) -> None:
     """The arguments that say which certification a benchmark runs (defaults from its config ``d``)."""
     from .core.noise import NOISES
-    from .data import DATASETS
-    from .models import ARCHS
+    from .infra.data import DATASETS
+    from .models.classifiers import ARCHS
 
     p.add_argument("--model", default=d.model, choices=sorted(ARCHS))
     p.add_argument("--dataset", default=d.dataset, choices=[k for k in DATASETS if k != "imagenet"])
@@ -261,11 +262,11 @@ def main(argv: list[str] | None = None) -> int:
                          description="Raw forward throughput, the published reference loop and Smooth.certify on the "
                          "same model, noise, N and images, in one process; prints a table and checks that both "
                          "give the same certificates.")
-    from .bench import BenchConfig
+    from .bench.benchmarks import BenchConfig
     from .core.engine import PRECISIONS
     from .core.noise import NOISES
-    from .data import DATASETS
-    from .models import ARCHS
+    from .infra.data import DATASETS
+    from .models.classifiers import ARCHS
 
     d = BenchConfig()
     c.add_argument("--model", default=d.model, choices=sorted(ARCHS))
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--force", action="store_true", help="overwrite --json/--csv files even with a run measured on a busy machine")
     c.set_defaults(func=_bench_certify)
 
-    from .bench_scaleout import ScaleoutConfig
+    from .bench.scaleout import ScaleoutConfig
 
     so = ScaleoutConfig()
     t = bench.add_parser("scaleout", help="one certification under torchrun with 1, 2, ... processes",
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--json", help="also write the result as JSON here")
     q.set_defaults(func=_bench_sequential)
 
-    from .bench import DenoisedBenchConfig
+    from .bench.benchmarks import DenoisedBenchConfig
 
     dd = DenoisedBenchConfig()
     dn = bench.add_parser("denoised", help="denoised certification (chapter 1) vs raw forward and a one-sample loop",

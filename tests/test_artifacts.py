@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from rsbook.artifacts import ArtifactStore, CorruptArtifactError, config_key
+from rsbook.infra.artifacts import ArtifactStore, CorruptArtifactError, config_key
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def test_state_dict_is_loaded_weights_only(tmp_path):
 
 
 def test_a_json_payload_cannot_overwrite_the_metadata(tmp_path):
-    from rsbook.artifacts import ArtifactStore
+    from rsbook.infra.artifacts import ArtifactStore
 
     with pytest.raises(ValueError, match="metadata"):
         ArtifactStore(tmp_path).paths(Cfg(), "json")

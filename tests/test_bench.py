@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-import rsbook.bench as bench
-from rsbook.bench import BenchConfig, LoadMonitor, bench_certify, contention, format_table
+import rsbook.bench.benchmarks as bench
+from rsbook.bench.benchmarks import BenchConfig, LoadMonitor, bench_certify, contention, format_table
 from rsbook.cli import main
 
 TINY = dict(model="lenet", dataset="mnist", images=3, n0=10, n=200, repeats=1, forward_seconds=0.05, compile="off")
@@ -106,7 +106,7 @@ def test_cli_refuses_corrupt_or_mismatched_weights(tmp_path, capsys):
 def test_bench_sequential_compares_fixed_and_sequential_on_the_same_images(capsys):
     # Same images, one engine: the fixed run costs exactly n0 + N per image, the sequential run at
     # most that; a radius above both caps (5.0 = 20 sigma) is certified by neither.
-    from rsbook.bench import bench_sequential, format_sequential
+    from rsbook.bench.benchmarks import bench_sequential, format_sequential
 
     cfg = BenchConfig(**{**TINY, "n": 2000, "images": 3})
     result = bench_sequential(cfg, radii=(0.0, 0.5, 5.0), log=lambda m: None)
@@ -121,7 +121,7 @@ def test_bench_sequential_compares_fixed_and_sequential_on_the_same_images(capsy
 
 
 def test_scaleout_projection_is_the_slowest_ranks_share():
-    from rsbook.bench_scaleout import project
+    from rsbook.bench.scaleout import project
     from rsbook.papers import appendix_speed, heat_smoothing
 
     # 500 images on 8 ranks: the slowest holds ceil(500 / 8) = 63 images of 10,100 samples at 1,000 samples/s

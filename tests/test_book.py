@@ -55,7 +55,7 @@ def test_cli_refuses_unknown_parameter_bad_profile_and_bad_device(capsys, tmp_pa
 
 
 def test_bad_device_names_are_explained():
-    from rsbook.book.profiles import resolve_device
+    from rsbook.infra.distributed import resolve_device
 
     with pytest.raises(ValueError, match="'gpu' is not a device name; use 'auto', 'cpu', 'cuda'"):
         resolve_device("gpu")
@@ -219,7 +219,7 @@ def test_a_smoke_run_under_torchrun_removes_rank_zeros_stores_after_every_rank(t
     import subprocess
     import sys
 
-    from rsbook.distributed import fresh_launch_env
+    from rsbook.infra.distributed import fresh_launch_env
 
     book = tmp_path / "book"
     book.mkdir()

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from rsbook import data as rsdata
-from rsbook.data import (DatasetNotFoundError, ImageDataset, embedded_test_subset, embedded_train_subset, load_dataset,
+from rsbook.infra import data as rsdata
+from rsbook.infra.data import (DatasetNotFoundError, ImageDataset, embedded_test_subset, embedded_train_subset, load_dataset,
                          load_train_subset, random_crop_flip, set_data_root)
-from rsbook.models import ARCHS, MEANS_STDS, build_model
+from rsbook.models.classifiers import ARCHS, MEANS_STDS, build_model
 
 
 @pytest.mark.parametrize("name", ["cifar10", "mnist"])
@@ -172,7 +172,7 @@ def _constants(model):
 
 @pytest.mark.parametrize("arch,dataset", [("cnn4", "cifar10"), ("lenet", "mnist")])
 def test_normalization_is_exact_in_a_model_loaded_from_fp16_weights(arch, dataset, tmp_path):
-    from rsbook.models import NormalizationMismatchError
+    from rsbook.models.classifiers import NormalizationMismatchError
 
     mean, std = (torch.tensor(v, dtype=torch.float32) for v in DOCUMENTED[dataset])
     trained = build_model(arch, dataset)
@@ -199,7 +199,7 @@ def _arch_dataset(config: dict) -> tuple[str, str] | None:
 def test_the_committed_checkpoints_load_with_the_exact_constants():
     import json
 
-    from rsbook.artifacts import ArtifactStore
+    from rsbook.infra.artifacts import ArtifactStore
     from rsbook.training.classifier import TrainConfig, trained_model
 
     folders = sorted((Path(__file__).resolve().parents[1] / "book" / "artifacts").iterdir())

@@ -14,8 +14,8 @@ from torch import nn
 from rsbook.core.engine import Engine, Item
 from rsbook.core.noise import Gaussian, Laplace, Uniform
 from rsbook.core.reference import reference_certify
-from rsbook.core.runner import image_generator
-from rsbook.denoiser_models import DnCNN, ScoreUNet, build_denoiser
+from rsbook.runs.runner import image_generator
+from rsbook.models.denoisers import DnCNN, ScoreUNet, build_denoiser
 from rsbook.methods.denoise import Anneal, AnnealingDenoiser, Denoised, TweedieDenoiser, anneal, data_gradient, project_box, tweedie
 from rsbook.methods.mixture import GaussianMixture, expected_norm, fit_score, map_error_single
 from rsbook.training.denoiser import DenoiserConfig
@@ -195,7 +195,7 @@ def test_a_denoised_classifier_through_the_engine_counts_as_the_published_loop()
 
 
 def test_the_one_step_denoiser_refuses_non_gaussian_noise(tmp_path):
-    from rsbook.artifacts import ArtifactStore
+    from rsbook.infra.artifacts import ArtifactStore
     from rsbook.papers import score_denoising as ch
 
     with pytest.raises(ValueError, match="Gaussian noise only"):
@@ -209,7 +209,7 @@ def test_the_one_step_denoiser_refuses_non_gaussian_noise(tmp_path):
 def test_the_imagenet_path_packs_the_folder_loads_the_weights_and_certifies_every_image(tmp_path):
     import dataclasses
 
-    from rsbook.data import imagenet_subset, load_imagenet
+    from rsbook.infra.data import imagenet_subset, load_imagenet
     from rsbook.papers import score_denoising as ch
 
     run = ch.synthetic_imagenet(str(tmp_path / "in"), classes=2, per_class=2, resolution=32)

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 
 import torchrun_certify as tc
-from rsbook.artifacts import ArtifactStore, config_key
+from rsbook.infra.artifacts import ArtifactStore, config_key
 from rsbook.cli import main as cli
-from rsbook.core import runner
-from rsbook.core.runner import certify_dataset, merge_certification, read_log
-from rsbook.core.shards import ShardError
-from rsbook.distributed import World, fresh_launch_env, shard_positions, world
+from rsbook.runs import runner
+from rsbook.runs.runner import certify_dataset, merge_certification, read_log
+from rsbook.runs.shards import ShardError
+from rsbook.infra.distributed import World, fresh_launch_env, shard_positions, world
 
 SCRIPT = Path(tc.__file__)
 KEEP = ["idx", "label", "predict", "radius", "correct", "noise", "sigma"]  # every column but the wall time
@@ -128,7 +128,7 @@ def _toy_args(log_path: Path):
 def test_rsbook_merge_stores_the_one_process_artifact(tmp_path, monkeypatch, one_process):
     cfg = tc.config()
     store = ArtifactStore(tmp_path)
-    from rsbook.artifacts import config_dict
+    from rsbook.infra.artifacts import config_dict
 
     _shards(store.work_dir(cfg), monkeypatch, run_config={"key": config_key(cfg), "config": config_dict(cfg)})
     assert cli(["merge", str(store.work_dir(cfg))]) == 0

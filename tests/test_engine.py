@@ -10,12 +10,12 @@ import torch
 from scipy import stats
 from torch import nn
 
-from rsbook.artifacts import config_key
+from rsbook.infra.artifacts import config_key
 from rsbook.core.certify import Smooth
 from rsbook.core.engine import Engine, Item, batch_candidates
 from rsbook.core.noise import Gaussian, Laplace, Uniform
 from rsbook.core.reference import reference_certify
-from rsbook.core.runner import CertifyConfig, image_generator
+from rsbook.runs.runner import CertifyConfig, image_generator
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (1, 8, 8)  # 64 coordinates

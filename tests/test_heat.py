@@ -15,7 +15,7 @@ from torch import nn
 from rsbook.methods.attacks import l2_pgd
 from rsbook.methods.heat import HeatSmoothing, jacobian_norm_estimate
 from rsbook.methods.soft import SoftSmoothed, noisy_copies
-from rsbook.training.fit import Batch
+from rsbook.methods.step import Batch
 
 
 def _mlp(seed: int = 0, d: int = 6, k: int = 4) -> nn.Module:
@@ -162,8 +162,8 @@ def test_the_l_bound_of_an_exact_gaussian_average_never_exceeds_the_true_distanc
 def test_heat_finetuning_reads_no_labels_leaves_its_base_alone_and_is_stored(tmp_path):
     import dataclasses
 
-    from rsbook.artifacts import ArtifactStore
-    from rsbook.data import load_train_subset
+    from rsbook.infra.artifacts import ArtifactStore
+    from rsbook.infra.data import load_train_subset
     from rsbook.training.classifier import TrainConfig, trained_model
     from rsbook.training.finetune import HeatConfig, finetune, trained_heat_model
 
@@ -287,8 +287,8 @@ def test_pgd_adversarial_training_takes_the_closed_form_worst_case_loss_of_a_lin
 
 def test_the_chapter_certifies_deterministic_models_without_selection_samples():
     from rsbook.core.certify import Smooth
-    from rsbook.core.runner import certification_log
-    from rsbook.data import test_subset
+    from rsbook.runs.runner import certification_log
+    from rsbook.infra.data import test_subset
     from rsbook.papers import heat_smoothing as ch
 
     for name in ch.MODELS:
@@ -307,7 +307,7 @@ def test_the_chapter_certifies_deterministic_models_without_selection_samples():
     import dataclasses
     import tempfile
 
-    from rsbook.artifacts import ArtifactStore
+    from rsbook.infra.artifacts import ArtifactStore
 
     data = test_subset("cifar10", 2000)
     for selection in ("clean", "noise"):
@@ -328,7 +328,7 @@ def test_the_chapter_certifies_deterministic_models_without_selection_samples():
 def test_chapter_3_announces_fine_tunings_and_attack_logs_at_the_measured_rates(tmp_path, monkeypatch, capsys):
     import json
 
-    from rsbook.artifacts import ArtifactStore
+    from rsbook.infra.artifacts import ArtifactStore
     from rsbook.papers import heat_smoothing as ch
 
     monkeypatch.setattr(ch, "store", lambda profile, recompute=False: ArtifactStore(tmp_path))

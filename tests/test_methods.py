@@ -10,7 +10,7 @@ from torch import nn
 
 from rsbook.core.engine import Engine, Item
 from rsbook.core.noise import Gaussian
-from rsbook.data import ImageDataset
+from rsbook.infra.data import ImageDataset
 from rsbook.methods.attacks import L2PGD, l2_pgd
 from rsbook.methods.denoise import Denoised, DenoiserMSE, DenoisingScoreMatching, TweedieDenoiser, dsm_loss, geometric_sigmas, tweedie
 from rsbook.methods.heat import HeatSmoothing, jacobian_norm_estimate
@@ -18,7 +18,8 @@ from rsbook.methods.median import median_bounds, order_indices
 from rsbook.methods.smoothadv import SmoothAdv
 from rsbook.methods.soft import SoftSmoothed
 from rsbook.methods.variational import SelectorStep, gaussian_kl
-from rsbook.training.fit import Batch, FitConfig, fit
+from rsbook.methods.step import Batch
+from rsbook.training.fit import FitConfig, fit
 
 
 class Threshold(nn.Module):

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from rsbook.core.certify import Smooth
-from rsbook.data import ImageDataset
+from rsbook.infra.data import ImageDataset
 from rsbook.core.metrics import acr, certified_accuracy, envelope
 from rsbook.core.noise import Gaussian, Laplace
-from rsbook.core.runner import LOG_COLUMNS, certify_dataset, image_generator, read_log
+from rsbook.runs.runner import LOG_COLUMNS, certify_dataset, image_generator, read_log
 
 from conftest import CountingClassifier, ThresholdClassifier
 
@@ -122,7 +122,7 @@ def test_chapter_0_plan_is_exactly_its_committed_artifacts():
     # published settings every planned model and log is committed, and nothing committed is unplanned.
     from pathlib import Path
 
-    from rsbook.artifacts import config_key
+    from rsbook.infra.artifacts import config_key
     from rsbook.papers import cohen2019
 
     trainings, certs = cohen2019.planned_work("cpu")
@@ -169,9 +169,9 @@ def test_chapter_0_claims_from_known_logs():
 def test_announced_time_follows_the_measured_rates(tmp_path, capsys):
     import json
 
-    from rsbook.artifacts import ArtifactStore
+    from rsbook.infra.artifacts import ArtifactStore
     from rsbook.book.eta import Planned, announce
-    from rsbook.core.runner import CertifyConfig
+    from rsbook.runs.runner import CertifyConfig
     from rsbook.training.classifier import TrainConfig
 
     store = ArtifactStore(tmp_path)
@@ -191,7 +191,7 @@ def test_announced_time_follows_the_measured_rates(tmp_path, capsys):
 
 
 def test_clean_classes_are_the_base_classifiers_answers_on_clean_images():
-    from rsbook.core.runner import clean_classes
+    from rsbook.runs.runner import clean_classes
 
     ds = _dataset(12)  # labels: first pixel > 0.5, exactly what ThresholdClassifier(0.5) answers
     got = clean_classes(Smooth(ThresholdClassifier(0.5), 2, 0.3), ds, batch_size=5)
@@ -201,7 +201,7 @@ def test_clean_classes_are_the_base_classifiers_answers_on_clean_images():
 def test_chapter_1_plan_is_exactly_its_committed_artifacts():
     from pathlib import Path
 
-    from rsbook.artifacts import config_key
+    from rsbook.infra.artifacts import config_key
     from rsbook.papers import score_denoising
 
     models, certs = score_denoising.planned_work("cpu")
@@ -215,7 +215,7 @@ def test_chapter_3_plan_is_exactly_its_committed_artifacts():
     # the baseline is chapter 1's committed classifier; everything else the chapter computes is in its own folder
     from pathlib import Path
 
-    from rsbook.artifacts import config_key
+    from rsbook.infra.artifacts import config_key
     from rsbook.papers import heat_smoothing, score_denoising
 
     models, certs, attacks = heat_smoothing.planned_work("cpu")

@@ -13,7 +13,7 @@ from rsbook.core.bounds import clopper_pearson_lower
 from rsbook.core.certify import ABSTAIN, Smooth
 from rsbook.core.engine import Item
 from rsbook.core.noise import Gaussian, Laplace, Uniform
-from rsbook.core.runner import LOG_COLUMNS, certify_dataset, read_log
+from rsbook.runs.runner import LOG_COLUMNS, certify_dataset, read_log
 from rsbook.core.sequential import BetaBinomialCS, Sequential, checkpoints, naive_stop, required_successes
 
 from conftest import CountingClassifier, ThresholdClassifier
@@ -221,7 +221,7 @@ def test_agreement_with_fixed_n_accounts_for_the_number_of_test_images():
 
 
 def test_a2_claims_from_known_logs():
-    from rsbook.bench import BenchConfig
+    from rsbook.bench.benchmarks import BenchConfig
     from rsbook.papers import appendix_sequential as a2
 
     def log(radius, samples, k):

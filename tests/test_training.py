@@ -7,11 +7,12 @@ import torch
 from scipy import stats
 from torch import nn
 
-from rsbook.artifacts import ArtifactStore
-from rsbook.data import ImageDataset
+from rsbook.infra.artifacts import ArtifactStore
+from rsbook.infra.data import ImageDataset
 from rsbook.methods.augment import FixedSigma, GridSigma, NoiseAugmentedCE, PerSampleSigma, UniformSigma, perturb
 from rsbook.training.classifier import TrainConfig, train, trained_model
-from rsbook.training.fit import Batch, FitConfig, fit, lr_factor
+from rsbook.methods.step import Batch
+from rsbook.training.fit import FitConfig, fit, lr_factor
 
 
 def _mnist_like(k=64):

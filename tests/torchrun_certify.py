@@ -20,13 +20,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ThresholdClassifier  # noqa: E402
 
-from rsbook.artifacts import ArtifactStore  # noqa: E402
+from rsbook.infra.artifacts import ArtifactStore  # noqa: E402
 from rsbook.core.certify import Smooth  # noqa: E402
-from rsbook.core.runner import CertifyConfig, certification_log, image_generator  # noqa: E402
-from rsbook.core.shards import sharded_table  # noqa: E402
+from rsbook.runs.runner import CertifyConfig, certification_log, image_generator  # noqa: E402
+from rsbook.runs.shards import sharded_table  # noqa: E402
 from rsbook.core.sequential import Sequential  # noqa: E402
-from rsbook.data import ImageDataset  # noqa: E402
-from rsbook.distributed import world  # noqa: E402
+from rsbook.infra.data import ImageDataset  # noqa: E402
+from rsbook.infra.distributed import world  # noqa: E402
 
 IMAGES = 13  # not a multiple of 3: the shards differ in size
 

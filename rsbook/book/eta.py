@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from ..artifacts import ArtifactStore
-from ..timing import format_duration
+from ..infra.artifacts import ArtifactStore
+from ..infra.timing import format_duration
 
 __all__ = ["Planned", "stored_metadata", "measured_rates", "announce"]
 

@@ -30,7 +30,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from .profiles import check_profile, repo_root, resolve_device
+from ..infra.distributed import resolve_device
+from ..infra.paths import repo_root
+from .profiles import check_profile
 
 __all__ = [
     "UnknownParameterError",

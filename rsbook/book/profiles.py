@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import ArtifactStore
-from ..distributed import broadcast, world
-from ..provenance import provenance
+from ..infra.artifacts import ArtifactStore
+from ..infra.paths import repo_root
+from ..infra.distributed import broadcast, resolve_device, world
+from ..infra.provenance import provenance
 
 __all__ = ["PROFILES", "TEMPORARY_PROFILES", "setup_page", "check_profile", "repo_root", "artifact_store", "temporary_folder", "resolve_device", "provenance_cell"]
 
@@ -42,16 +43,6 @@ def check_profile(profile: str) -> str:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     return profile
 
-
-def repo_root() -> Path:
-    """The book's root: ``$RSBOOK_ROOT``, else the nearest folder upward from the cwd (then from the package) with ``_toc.yml``."""
-    if os.environ.get("RSBOOK_ROOT"):
-        return Path(os.environ["RSBOOK_ROOT"]).resolve()
-    for start in (Path.cwd().resolve(), Path(__file__).resolve().parent):
-        for d in (start, *start.parents):
-            if (d / "_toc.yml").exists() and (d / "notebooks").is_dir():
-                return d
-    raise FileNotFoundError("cannot find the rsbook checkout (a folder with _toc.yml and notebooks/); run from inside it or set RSBOOK_ROOT")
 
 
 def artifact_root() -> Path:
@@ -101,33 +92,6 @@ def chapter_store(chapter: str, profile: str, recompute: bool = False) -> Artifa
     return artifact_store(chapter, profile, recompute=recompute)
 
 
-def resolve_device(device: str = "auto", profile: str | None = None) -> torch.device:
-    """``auto`` -> ``cuda`` if available (``cuda:<LOCAL_RANK>`` under torchrun) else ``cpu`` (always ``cpu`` for
-    ``dry_run``); otherwise the named device, checked."""
-    if profile == "dry_run" and device == "auto":
-        return torch.device("cpu")
-    if device == "auto":
-        w = world()
-        if not (torch.cuda.is_available() and w.distributed):
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if w.local_rank >= torch.cuda.device_count():  # under torchrun: this process's GPU, LOCAL_RANK
-            raise ValueError(f"torchrun started local rank {w.local_rank} but this machine has {torch.cuda.device_count()} "
-                             "GPU(s); use --nproc-per-node at most the number of GPUs")
-        return torch.device(f"cuda:{w.local_rank}")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a device name; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but CUDA is not available here; use device='auto' or 'cpu'")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} was requested but MPS is not available here; use device='auto' or 'cpu'")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {device!r} is not supported; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    return dev
-
 
 def provenance_cell(profile: str, seed: int, device: torch.device | str, **extra: object) -> dict[str, str]:
     """Provenance of a notebook run as a dict (shown by the notebook's provenance cell).
@@ -146,7 +110,7 @@ def setup_page(profile: str, device: str = "auto", data_root: str = "", threads:
     """What every chapter does after its parameters cell: check ``profile``, use ``data_root`` as the
     data root when given (instead of ``$RSBOOK_DATA``), set torch's CPU ``threads`` when positive,
     set the book's plot style, and return the device (:func:`resolve_device`)."""
-    from ..data import set_data_root
+    from ..infra.data import set_data_root
     from .plots import set_style
 
     check_profile(profile)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.noise import make_noise
-from ..training.fit import Batch
+from .step import Batch
 
 __all__ = ["SigmaRule", "FixedSigma", "UniformSigma", "GridSigma", "PerSampleSigma", "perturb", "NoiseAugmentedCE"]
 

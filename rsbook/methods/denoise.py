@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.fit import Batch
+from .step import Batch
 from .augment import perturb
 
 __all__ = [

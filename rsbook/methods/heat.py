@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..training.fit import Batch
+from .step import Batch
 
 __all__ = ["jacobian_norm_estimate", "HeatSmoothing", "penalty_constant", "target_sigma", "cosine_heat_flow", "l_bound", "heat_step_1d", "heat_flow_1d", "adversarial_distance_1d"]
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.noise import make_noise
-from ..training.fit import Batch
+from .step import Batch
 from .attacks import l2_pgd
 
 __all__ = ["SmoothAdv"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.fit import Batch
+from .step import Batch
 from .augment import perturb
 from .soft import SoftSmoothed, noisy_copies
 

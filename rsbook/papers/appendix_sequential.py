@@ -22,15 +22,15 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from ..artifacts import ArtifactStore
-from ..bench import BenchConfig
+from ..infra.artifacts import ArtifactStore
+from ..bench.benchmarks import BenchConfig
 from ..book.claims import LEVEL, Check, Claims, greater, proportion
 from ..book.profiles import chapter_store, check_profile
 from ..core.bounds import clopper_pearson_lower
 from ..core.certify import Smooth, max_certified_radius
 from ..core.engine import Item
 from ..core.noise import Gaussian
-from ..core.runner import CertifyConfig
+from ..runs.runner import CertifyConfig
 from ..core.sequential import BetaBinomialCS, Sequential, checkpoints, naive_stop
 from . import cohen2019
 

@@ -13,10 +13,11 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..artifacts import ArtifactStore
-from ..bench import BenchConfig, ContentionError, DenoisedBenchConfig, is_contended, write_json
+from ..infra.artifacts import ArtifactStore
+from ..bench.benchmarks import BenchConfig, ContentionError, DenoisedBenchConfig, is_contended, write_json
 from ..book.claims import Check, Claims, exact
-from ..book.profiles import TEMPORARY_PROFILES, check_profile, repo_root
+from ..book.profiles import TEMPORARY_PROFILES, check_profile
+from ..infra.paths import repo_root
 from . import cohen2019
 
 __all__ = ["CHAPTER", "MIXED_SIGMAS", "chapter0_weights", "runs", "denoised_runs", "scaleout_results", "scaleout_live", "gpu_rates",
@@ -94,8 +95,8 @@ def denoised_runs(profile: str, device: str = "cpu", seed: int = 0) -> list[Deno
 def stored_result(cfg: BenchConfig | DenoisedBenchConfig, bench: Callable[..., dict], store: ArtifactStore, profile: str,
                   allow_busy: bool = False) -> dict:
     """The benchmark's result for ``cfg``: loaded from ``store``, or measured now by ``bench(cfg)``
-    (:func:`rsbook.bench.bench_certify` or :func:`~rsbook.bench.bench_denoised`). A run measured on a
-    busy machine raises :class:`~rsbook.bench.ContentionError` instead of going into the committed
+    (:func:`rsbook.bench.benchmarks.bench_certify` or :func:`~rsbook.bench.benchmarks.bench_denoised`). A run measured on a
+    busy machine raises :class:`~rsbook.bench.benchmarks.ContentionError` instead of going into the committed
     store, unless ``allow_busy``; ``smoke`` and ``dry_run`` only show it."""
 
     def compute(out, work):
@@ -126,7 +127,7 @@ def scaleout_live(profile: str, device: str = "cpu", seed: int = 0) -> dict[str,
     (``dry_run`` with the paper's ResNet-110); ``paper`` 1 process vs one per GPU at N = 100,000."""
     import torch
 
-    from ..bench_scaleout import ScaleoutConfig, bench_scaleout
+    from ..bench.scaleout import ScaleoutConfig, bench_scaleout
 
     check_profile(profile)
     if profile == "smoke":
@@ -164,7 +165,7 @@ def projected_paper_hours(rates: dict[str, tuple[float, str]], gpus: tuple[int, 
     """
     import pandas as pd
 
-    from ..bench_scaleout import project
+    from ..bench.scaleout import project
     from . import heat_smoothing, score_denoising
 
     rows = []
@@ -205,7 +206,7 @@ def measured_on(res: dict) -> str:
 
 def same_machine(res: dict, here: str, here_features: dict | None = None) -> bool | None:
     """Whether ``res`` was measured on a machine like the one described by ``here`` (a
-    :func:`rsbook.provenance.device_name`) and ``here_features`` (:func:`rsbook.provenance.cpu_features`,
+    :func:`rsbook.infra.provenance.device_name`) and ``here_features`` (:func:`rsbook.infra.provenance.cpu_features`,
     ``None`` for a GPU): ``False`` if the device names (CPU model and torch threads, or GPU name) or
     the recorded CPU instruction-set features differ, ``True`` if both agree, and ``None`` (cannot
     tell) for a CPU run that did not record its features, since CPU model names are often generic

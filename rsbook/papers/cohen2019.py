@@ -17,17 +17,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..artifacts import ArtifactStore
+from ..infra.artifacts import ArtifactStore
 from ..book.claims import Check, Claims, Estimate, greater, proportion
 from ..book.eta import Planned, announce
 from ..book.profiles import chapter_store, check_profile
-from ..data import TEST_SIZES, TRAIN_SIZES
+from ..infra.data import TEST_SIZES, TRAIN_SIZES
 from ..core.certify import max_certified_radius
 from ..core.metrics import certified_accuracy, certified_at, clean_accuracy, envelope
 from ..core.noise import Gaussian
-from ..core.runner import CertifyConfig
+from ..runs.runner import CertifyConfig
 from ..core.sequential import Sequential
-from ..models import for_inference
+from ..models.classifiers import for_inference
 from ..training.classifier import TrainConfig, trained_model
 
 __all__ = [

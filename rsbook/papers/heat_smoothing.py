@@ -33,15 +33,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..artifacts import ArtifactStore, config_dict, config_key
+from ..infra.artifacts import ArtifactStore, config_dict, config_key
 from ..book.eta import Planned, announce
 from ..book.profiles import chapter_store, check_profile
 from ..core.certify import Smooth
-from ..core.runner import CertifyConfig, certification_log
-from ..core.shards import shard_provenance, sharded_table
-from ..data import TEST_SIZES, TRAIN_SIZES, test_subset
-from ..distributed import world
-from ..models import for_inference
+from ..runs.runner import CertifyConfig, certification_log
+from ..runs.shards import shard_provenance, sharded_table
+from ..infra.data import TEST_SIZES, TRAIN_SIZES, test_subset
+from ..infra.distributed import world
+from ..models.classifiers import for_inference
 from ..training.classifier import TrainConfig, trained_model
 from ..training.finetune import AdvConfig, HeatConfig, trained_finetuned
 from . import cohen2019, score_denoising
@@ -256,7 +256,7 @@ class RateProbe:
 def rate_probe(profile: str, lr: float, batches: int = 7, device: torch.device | str = "cpu", seed: int = 0) -> RateProbe:
     """Fine-tune the baseline with HeatSmoothing at ``lr`` for up to ``batches`` batches (one timestep,
     not stored) on the training images that ship with the package, and report whether the loss stayed finite."""
-    from ..data import EMBEDDED_TRAIN
+    from ..infra.data import EMBEDDED_TRAIN
     from ..training.finetune import finetune
 
     bs = settings(profile).batch_size
@@ -387,7 +387,7 @@ def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, rad
     audit's first wrong answer of the certified classifier (``inf``: none within ``audit_factor`` x
     the radius in ``radius``, keyed by image)."""
     from ..core.engine import Item
-    from ..core.runner import image_generator
+    from ..runs.runner import image_generator
     from ..methods.audit import first_wrong_on_grid
     from ..methods.distances import ATTACKS, adversarial_distances, segment_boundary
     from ..methods.heat import l_bound
@@ -745,7 +745,7 @@ def announce_work(profile: str, seed: int = 0, s: Settings | None = None) -> flo
     """Print what this chapter run will compute and about how long it takes: the fine-tunings and
     attack logs at the rates measured for the stored ones (or that none was measured), then the
     trainings and certifications through :func:`rsbook.book.eta.announce`. Returns the latter's estimate."""
-    from ..timing import format_duration
+    from ..infra.timing import format_duration
 
     s = s or settings(profile)
     models, certs, attacks = planned_work(profile, seed, s)
@@ -847,13 +847,13 @@ def imagenet_heat(run: ImageNetHeatRun, out_dir: str, device: torch.device | str
     import json
     from pathlib import Path
 
-    from ..artifacts import atomic_write_text
-    from ..core.runner import certify_dataset, clean_classes
-    from ..data import imagenet_subset
-    from ..distributed import broadcast, on_rank_zero, world
+    from ..infra.artifacts import atomic_write_text
+    from ..runs.runner import certify_dataset, clean_classes
+    from ..infra.data import imagenet_subset
+    from ..infra.distributed import broadcast, on_rank_zero, world
     from ..methods.heat import HeatSmoothing
-    from ..models import build_model, load_weights
-    from ..provenance import provenance
+    from ..models.classifiers import build_model, load_weights
+    from ..infra.provenance import provenance
     from ..training.fit import FitConfig, fit
 
     out = Path(out_dir)

@@ -28,20 +28,20 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..artifacts import ArtifactStore, config_key
+from ..infra.artifacts import ArtifactStore, config_key
 from ..book.claims import MARGIN, Check, Claim, Claims, exact, greater, mean, proportion
 from ..book.eta import Planned, announce
 from ..book.profiles import chapter_store, check_profile
 from ..core.certify import Smooth, max_certified_radius
 from ..core.metrics import certified_accuracy, clean_accuracy
 from ..core.noise import make_noise
-from ..core.runner import CertifyConfig, certification_log
-from ..data import TEST_SIZES, TRAIN_SIZES, test_subset
+from ..runs.runner import CertifyConfig, certification_log
+from ..infra.data import TEST_SIZES, TRAIN_SIZES, test_subset
 from ..methods import mixture
 from ..methods.denoise import (Anneal, AnnealingDenoiser, Denoised, TweedieDenoiser, anneal, data_gradient, denoising_psnr,
                                tweedie)
-from ..models import for_inference, load_weights
-from ..timing import format_duration
+from ..models.classifiers import for_inference, load_weights
+from ..infra.timing import format_duration
 from ..training.classifier import TrainConfig, trained_model
 from ..training.denoiser import DenoiserConfig, trained_denoiser
 from . import cohen2019
@@ -408,7 +408,7 @@ class ImageNetRun:
 
     ``classifier_weights`` is a state dict of ``torchvision.models.resnet50`` (for example the
     ``IMAGENET1K_V1`` file, downloaded by the user: nothing here touches the network).
-    ``score_weights`` is a state dict of :class:`~rsbook.denoiser_models.ScoreUNet` of width
+    ``score_weights`` is a state dict of :class:`~rsbook.models.denoisers.ScoreUNet` of width
     ``score_width`` trained on ImageNet, e.g. ``train_denoiser(DenoiserConfig(dataset="imagenet",
     ...), train_set=imagenet_subset(root, "train", every=k))``. ImageNet is not shipped and this
     path was not run at ImageNet scale for the book (only its ``dry_run`` on a tiny fake folder).
@@ -439,8 +439,8 @@ class ImageNetRun:
 
 def imagenet_model(run: ImageNetRun, device: torch.device | str = "cpu") -> nn.Module:
     """``f(D(y, sigma))`` for ``run``: the ResNet-50 behind the one- or multi-step denoiser."""
-    from ..denoiser_models import ScoreUNet
-    from ..models import build_model
+    from ..models.denoisers import ScoreUNet
+    from ..models.classifiers import build_model
 
     clf = build_model("resnet50", "imagenet", 1000)
     load_weights(clf[1], run.classifier_weights, "ResNet-50",
@@ -460,11 +460,11 @@ def imagenet_certification(run: ImageNetRun, log_path: str, device: torch.device
     import json
     from pathlib import Path
 
-    from ..artifacts import atomic_write_text
-    from ..core.runner import certify_dataset
-    from ..data import imagenet_subset
-    from ..distributed import on_rank_zero
-    from ..provenance import provenance
+    from ..infra.artifacts import atomic_write_text
+    from ..runs.runner import certify_dataset
+    from ..infra.data import imagenet_subset
+    from ..infra.distributed import on_rank_zero
+    from ..infra.provenance import provenance
 
     model = imagenet_model(run, device)
     data = imagenet_subset(run.root, "val", run.every, run.resolution)
@@ -493,9 +493,9 @@ def synthetic_imagenet(folder: str, classes: int = 2, per_class: int = 2, resolu
     import numpy as np
     from PIL import Image
 
-    from ..denoiser_models import ScoreUNet
-    from ..distributed import on_rank_zero
-    from ..models import build_model
+    from ..models.denoisers import ScoreUNet
+    from ..infra.distributed import on_rank_zero
+    from ..models.classifiers import build_model
 
     root = Path(folder)
 
@@ -877,7 +877,7 @@ def claims(profile: str, s: Settings, gauss: Mapping[tuple[str, float], pd.DataF
     (o25, _), (o50, _), (d25, _), (d50, _) = at(one, 0.25), at(one, 0.5), at(dn, 0.25), at(dn, 0.5)
     sign = greater(o25, d25, "one-step > our DnCNN at r = 0.25")
     paper_depth, paper_width = _SETTINGS["paper"].dncnn_depth, _SETTINGS["paper"].dncnn_width
-    from ..denoiser_models import DnCNN
+    from ..models.denoisers import DnCNN
 
     salman_params = parameters(DnCNN(3, paper_depth, paper_width))
     c.rows.append(Claim(

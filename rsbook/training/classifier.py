@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import ArtifactStore
+from ..infra.artifacts import ArtifactStore
 from ..core.noise import NOISES
-from ..data import NUM_CLASSES, ImageDataset, load_train_subset
-from ..models import build_model
+from ..infra.data import NUM_CLASSES, ImageDataset, load_train_subset
+from ..models.classifiers import build_model
 from .fit import FitConfig, fit, load_or_fit
 
 __all__ = ["TrainConfig", "train", "trained_model", "evaluate_accuracy", "training_step"]
@@ -108,7 +108,7 @@ def trained_model(
 
     The stored state_dict is fp16 (floating tensors); it is loaded back as fp32, and that
     fp32 model is the one every chapter certifies. Its normalization constants are not
-    weights and are exact (see :class:`~rsbook.models.Normalize`). The training set is read
+    weights and are exact (see :class:`~rsbook.models.classifiers.Normalize`). The training set is read
     only if the model must be trained.
     """
     return load_or_fit(cfg, store, lambda: _build(cfg),

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from ..artifacts import ArtifactStore
+from ..infra.artifacts import ArtifactStore
 from ..core.noise import NOISES
-from ..data import ImageDataset, load_train_subset
-from ..denoiser_models import DENOISER_ARCHS, build_denoiser
+from ..infra.data import ImageDataset, load_train_subset
+from ..models.denoisers import DENOISER_ARCHS, build_denoiser
 from .fit import FitConfig, fit, load_or_fit
 
 __all__ = ["DenoiserConfig", "OBJECTIVES", "train_denoiser", "trained_denoiser"]

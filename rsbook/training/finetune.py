@@ -21,8 +21,8 @@ from typing import Callable, Union
 
 import torch
 
-from ..artifacts import ArtifactStore
-from ..data import ImageDataset, load_train_subset
+from ..infra.artifacts import ArtifactStore
+from ..infra.data import ImageDataset, load_train_subset
 from .classifier import TrainConfig, _build
 from .fit import FitConfig, fit, load_or_fit
 

@@ -24,17 +24,18 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..artifacts import ArtifactStore, save_atomic
-from ..data import ImageDataset
-from ..timing import format_duration
+from ..methods.step import Batch, Step
+from ..infra.artifacts import ArtifactStore, save_atomic
+from ..infra.data import ImageDataset
+from ..infra.timing import format_duration
 
-__all__ = ["FitConfig", "Batch", "Step", "fit", "load_or_fit", "lr_factor", "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["FitConfig", "fit", "load_or_fit", "lr_factor", "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("step", "cosine", "constant")
@@ -69,20 +70,6 @@ class FitConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
 
-
-@dataclass
-class Batch:
-    """One training batch: images in [0, 1], labels, and the images' positions in the training set."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    index: torch.Tensor
-
-
-class Step(Protocol):
-    """A method's training step (see the module docstring)."""
-
-    def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 def lr_factor(cfg: FitConfig, step: int, steps_per_epoch: int) -> float:

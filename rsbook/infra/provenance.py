@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from .version import __version__
+
 __all__ = ["git_commit", "device_name", "provenance", "default_device", "cpu_features", "CPU_FLAGS"]
 
 
@@ -79,8 +81,6 @@ def provenance(device: torch.device | str | None = None) -> dict[str, str]:
     """Versions, commit, device and threads, for a provenance cell or an artifact's metadata."""
     import numpy
     import scipy
-
-    from . import __version__
 
     try:
         import torchvision

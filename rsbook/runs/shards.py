@@ -1,6 +1,6 @@
 """Per-rank shards of a per-image log, and their merge into the log a one-process run writes.
 
-Under ``torchrun --nproc-per-node=K`` (:mod:`rsbook.distributed`) rank ``r`` owns the images at
+Under ``torchrun --nproc-per-node=K`` (:mod:`rsbook.infra.distributed`) rank ``r`` owns the images at
 positions ``r, r + K, r + 2K, ...`` of the dataset and writes them to its own resumable log
 ``<stem>.rank<r>-of-<K><suffix>`` beside the run's log, with a sidecar ``.json`` that records
 what run the shard belongs to (the config and the run's sizes, its header and its image list)
@@ -22,9 +22,9 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from ..artifacts import atomic_write_text
-from ..distributed import World, barrier, on_rank_zero, shard_positions, world
-from ..provenance import provenance
+from ..infra.artifacts import atomic_write_text
+from ..infra.distributed import World, barrier, on_rank_zero, shard_positions, world
+from ..infra.provenance import provenance
 
 __all__ = ["ShardError", "shard_path", "shard_sidecar", "shards_record", "foreign_shards", "start_shard", "finish_shard",
            "read_shard_run", "merge_shards", "merge_into", "shard_world", "sharded_table",

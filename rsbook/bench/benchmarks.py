@@ -40,14 +40,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core.certify import Smooth, certificate
-from .core.engine import Item, batch_candidates, forward_throughput
-from .core.noise import Noise, make_noise
-from .core.reference import REFERENCE_BATCH, reference_certify
-from .core.runner import image_generator
-from .core.sequential import Sequential
-from .data import NUM_CLASSES
-from .provenance import cpu_features, provenance
+from ..core.certify import Smooth, certificate
+from ..core.engine import Item, batch_candidates, forward_throughput
+from ..core.noise import Noise, make_noise
+from ..core.reference import REFERENCE_BATCH, reference_certify
+from ..runs.runner import image_generator
+from ..core.sequential import Sequential
+from ..infra.data import NUM_CLASSES
+from ..infra.provenance import cpu_features, provenance
 
 __all__ = [
     "BenchConfig",
@@ -169,13 +169,13 @@ def contention(load: dict[str, float], runs: dict[str, list[float]]) -> dict[str
 
 
 def _load_model(cfg: BenchConfig, device: torch.device) -> torch.nn.Module:
-    from .models import build_model
+    from ..models.classifiers import build_model
 
     model = build_model(cfg.model, cfg.dataset, NUM_CLASSES[cfg.dataset])
     if cfg.weights != "random":
         path = Path(cfg.weights)
         if not path.is_absolute() and not path.is_file():  # repo-relative paths keep configs portable
-            from .book.profiles import repo_root
+            from ..infra.paths import repo_root
 
             path = repo_root() / path
         if not path.is_file():
@@ -189,7 +189,7 @@ def _load_model(cfg: BenchConfig, device: torch.device) -> torch.nn.Module:
 
 
 def _images(cfg: BenchConfig) -> tuple[torch.Tensor, list[int]]:
-    from .data import embedded_test_subset
+    from ..infra.data import embedded_test_subset
 
     subset = embedded_test_subset(cfg.dataset)
     if cfg.images > len(subset):
@@ -305,7 +305,7 @@ def bench_sequential(cfg: BenchConfig, radii: tuple[float, ...] = (0.0, 0.25, 0.
     device = torch.device(cfg.device)
     noises = [cfg.noise_of(i) for i in range(cfg.images)]
     xs, idxs = _images(cfg)
-    from .data import embedded_test_subset
+    from ..infra.data import embedded_test_subset
 
     labels = [int(embedded_test_subset(cfg.dataset)[i][1]) for i in range(cfg.images)]
     K = NUM_CLASSES[cfg.dataset]
@@ -494,9 +494,9 @@ def bench_denoised(cfg: DenoisedBenchConfig, log=print) -> dict[str, Any]:
     samples/s) and the engine's speedup over it. Each quantity is its best of ``repeats``
     interleaved rounds; the machine's load is recorded as in :func:`bench_certify`.
     """
-    from .denoiser_models import ScoreUNet
-    from .methods.denoise import Anneal, AnnealingDenoiser, Denoised, TweedieDenoiser
-    from .models import build_model
+    from ..models.denoisers import ScoreUNet
+    from ..methods.denoise import Anneal, AnnealingDenoiser, Denoised, TweedieDenoiser
+    from ..models.classifiers import build_model
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

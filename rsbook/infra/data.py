@@ -4,7 +4,7 @@ Data come from a data root in torchvision's on-disk layout: ``$RSBOOK_DATA`` if 
 downloads), else a per-user cache folder (``$XDG_CACHE_HOME/rsbook/data``) where torchvision
 downloads them if a network exists (into a temporary folder beside it, moved into place when
 complete: a failed download leaves nothing behind). Normalization is the first layer of every model
-(:mod:`rsbook.models`), so noise and radii are in [0, 1]-pixel units.
+(:mod:`rsbook.models.classifiers`), so noise and radii are in [0, 1]-pixel units.
 
 Small subsets ship inside the package, checked equal to torchvision's data by a test:
 every 20th image of the CIFAR-10 and MNIST test sets (500 each, :func:`embedded_test_subset`)
@@ -47,7 +47,7 @@ DATASETS = {"cifar10": {"shape": (3, 32, 32)}, "mnist": {"shape": (1, 28, 28)}}
 NUM_CLASSES = {"cifar10": 10, "mnist": 10, "imagenet": 1000}
 TRAIN_SIZES = {"cifar10": 50_000, "mnist": 60_000}
 TEST_SIZES = {"cifar10": 10_000, "mnist": 10_000}
-EMBEDDED_DIR = Path(__file__).parent / "_data"
+EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "_data"  # rsbook/_data, shipped with the package
 EMBEDDED_EVERY = 20
 EMBEDDED_TRAIN = 1000  # the first images of each training set that ship with the package
 

@@ -163,7 +163,7 @@ class ArtifactStore:
         and may keep resumable state in ``work_dir``; it may return extra metadata. The
         payload is moved into place only after it is complete.
 
-        Under ``torchrun`` (:mod:`rsbook.distributed`) every rank takes rank 0's view of whether
+        Under ``torchrun`` (:mod:`rsbook.infra.distributed`) every rank takes rank 0's view of whether
         the artifact exists; a missing one is computed by rank 0 alone while the others wait
         (``sharded=False``), or by every rank (``sharded=True``: ``compute`` splits the work and
         writes the payload on rank 0), and every rank then loads what rank 0 stored.

@@ -24,6 +24,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import torch
+
 __all__ = ["World", "world", "fresh_launch_env", "shard_positions", "barrier", "broadcast", "all_gather", "on_rank_zero", "check_shared_folder",
            "WAIT_TIMEOUT"]
 
@@ -210,3 +212,31 @@ def check_shared_folder(folder: str | Path, w: World | None = None) -> None:
                            f"what rank 0 on {seen[0][1]} writes there. Put the artifacts on a filesystem every machine "
                            "mounts (set RSBOOK_ARTIFACTS=/shared/path) and rerun")
     _CHECKED.add(str(folder.resolve()))
+
+
+def resolve_device(device: str = "auto", profile: str | None = None) -> torch.device:
+    """``auto`` -> ``cuda`` if available (``cuda:<LOCAL_RANK>`` under torchrun) else ``cpu`` (always ``cpu`` for
+    ``dry_run``); otherwise the named device, checked."""
+    if profile == "dry_run" and device == "auto":
+        return torch.device("cpu")
+    if device == "auto":
+        w = world()
+        if not (torch.cuda.is_available() and w.distributed):
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if w.local_rank >= torch.cuda.device_count():  # under torchrun: this process's GPU, LOCAL_RANK
+            raise ValueError(f"torchrun started local rank {w.local_rank} but this machine has {torch.cuda.device_count()} "
+                             "GPU(s); use --nproc-per-node at most the number of GPUs")
+        return torch.device(f"cuda:{w.local_rank}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device name; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but CUDA is not available here; use device='auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} was requested but MPS is not available here; use device='auto' or 'cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is not supported; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return dev

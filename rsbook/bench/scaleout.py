@@ -1,7 +1,7 @@
 """``rsbook bench scaleout``: one certification under ``torchrun`` with 1, 2, ... processes.
 
 Each process count certifies the same images with the same model, noise and N through
-:func:`~rsbook.core.runner.certification_log` (so through the sharding and the merge), launched
+:func:`~rsbook.runs.runner.certification_log` (so through the sharding and the merge), launched
 by ``python -m torch.distributed.run --standalone --nproc-per-node=K``. The benchmark reports
 per K the wall time of the whole launch (process start-up and merge included), each rank's
 certification seconds, the speed-up over the first K, and whether the merged log equals the
@@ -62,12 +62,12 @@ def _worker(cfg: ScaleoutConfig, store: str) -> None:
     """What each rank runs: certify ``cfg``'s images into ``store`` (sharded under torchrun)."""
     import torch
 
-    from .artifacts import ArtifactStore
-    from .bench import BenchConfig, _load_model
-    from .book.profiles import resolve_device
-    from .core.certify import Smooth
-    from .core.runner import CertifyConfig, certification_log
-    from .data import NUM_CLASSES, ImageDataset, embedded_test_subset
+    from ..infra.artifacts import ArtifactStore
+    from .benchmarks import BenchConfig, _load_model
+    from ..infra.distributed import resolve_device
+    from ..core.certify import Smooth
+    from ..runs.runner import CertifyConfig, certification_log
+    from ..infra.data import NUM_CLASSES, ImageDataset, embedded_test_subset
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     device = resolve_device(cfg.device)
@@ -86,16 +86,16 @@ def _worker(cfg: ScaleoutConfig, store: str) -> None:
 
 def bench_scaleout(cfg: ScaleoutConfig, log=print) -> dict[str, Any]:
     """Run ``cfg`` at each process count; returns ``{"meta", "rows"}`` (see the module docstring)."""
-    from .core.runner import read_log
-    from .distributed import fresh_launch_env
-    from .provenance import provenance
+    from ..runs.runner import read_log
+    from ..infra.distributed import fresh_launch_env
+    from ..infra.provenance import provenance
 
     rows, first = [], None
     for k in cfg.procs:
         store = tempfile.mkdtemp(prefix=f"rsbook-scaleout-{k}-")
         env = fresh_launch_env()
         env["OMP_NUM_THREADS"] = str(_threads(cfg, k))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={k}", "-m", "rsbook.bench_scaleout",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={k}", "-m", "rsbook.bench.scaleout",
                json.dumps(asdict(cfg)), store]
         log(f"[scaleout] {k} process(es), {env['OMP_NUM_THREADS']} thread(s) each ...")
         t0 = time.perf_counter()

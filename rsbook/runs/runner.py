@@ -18,7 +18,7 @@ same rows as an uninterrupted one.
 Under ``torchrun --nproc-per-node=K`` the same call certifies one shard per process: rank ``r``
 takes the images at positions ``r, r + K, ...``, writes its own resumable log beside the run's
 log, and rank 0 merges the shards into the log a one-process run writes, ordered as the
-dataset, with every shard's provenance (:mod:`rsbook.core.shards`). Since an image's noise
+dataset, with every shard's provenance (:mod:`rsbook.runs.shards`). Since an image's noise
 depends only on ``(seed, idx)``, its row does not depend on how many ranks ran or which one
 took it (up to the floating-point differences another batch composition can cause in the
 forward pass). A killed rank is resumed by rerunning the same command.
@@ -38,14 +38,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ..artifacts import ArtifactStore, atomic_write_text, config_dict, config_key
-from ..data import ImageDataset
-from ..distributed import barrier, on_rank_zero, shard_positions, world
-from ..timing import format_duration
-from .certify import Smooth
-from .engine import Item, as_noise
-from .noise import Noise
-from .sequential import Sequential
+from ..infra.artifacts import ArtifactStore, atomic_write_text, config_dict, config_key
+from ..infra.data import ImageDataset
+from ..infra.distributed import barrier, on_rank_zero, shard_positions, world
+from ..infra.timing import format_duration
+from ..core.certify import Smooth
+from ..core.engine import Item, as_noise
+from ..core.noise import Noise
+from ..core.sequential import Sequential
 from .shards import (ShardError, finish_shard, foreign_shards, merge_into, read_shard_run, shard_path, shard_provenance, shard_world,
                      shards_record, start_shard)
 
@@ -373,7 +373,7 @@ def merge_certification(path: str | Path) -> tuple[Path, Path | None]:
     ``.work/<key>/`` folder). Writes the merged log there and, when the folder is the work folder
     of a stored certification, also the artifact itself (with every shard's provenance), as rank 0
     does at the end of a torchrun run. Returns ``(merged log, artifact or None)``; raises
-    :class:`~rsbook.core.shards.ShardError` on a missing, duplicate or foreign shard or row.
+    :class:`~rsbook.runs.shards.ShardError` on a missing, duplicate or foreign shard or row.
     """
     path = Path(path)
     log_path = path / "log.partial.tsv" if path.is_dir() else path

@@ -1,0 +1,1 @@
+"""Networks: classifiers (:mod:`.classifiers`) and denoisers / score networks (:mod:`.denoisers`)."""
