@@ -1,29 +1,27 @@
 """rsbook: the helper package of an executable book of randomized-smoothing papers.
 
-Layout (each folder one layer of the architecture):
+Layers, bottom to top (each imports only the ones below it; ``tests/test_layers.py`` checks it):
 
-* :mod:`rsbook.core` -- the smoothing core: noise distributions, confidence bounds, the
-  certification engine, ``Smooth``, the dataset runner and its metrics, and the published
-  reference loop the engine is checked against;
-* :mod:`rsbook.methods` -- one module per method of the book's papers (noise-augmented
-  training, soft smoothing, denoisers, HeatSmoothing, attacks and adversarial distances,
-  adversarial training, SmoothAdv, the variational
-  noise selector, median smoothing);
-* :mod:`rsbook.training` -- the one resumable training loop and stored models;
-* :mod:`rsbook.papers` -- each chapter's settings per profile, config builders and the
-  papers' published numbers;
-* :mod:`rsbook.book` -- the book pipeline: profiles, notebook runs, claims, plots and tables;
-* plumbing beside them: ``data``, ``models``, ``artifacts``, ``provenance``, ``bench``, ``cli``.
+* :mod:`rsbook.core` -- the smoothing core, pure: noise, bounds, the engine, ``Smooth`` and its
+  :class:`~rsbook.core.certificate.Certificate`, sequential certification, metrics, random streams;
+* :mod:`rsbook.infra` -- storage and plumbing: artifacts, provenance, torchrun, datasets, timing;
+* :mod:`rsbook.models` -- classifiers and denoisers;
+* :mod:`rsbook.methods` -- one module per method of the papers (training steps, smoothed models, attacks);
+* :mod:`rsbook.training` -- the one resumable training loop and the stored trained models;
+* :mod:`rsbook.runs` -- dataset runs: resumable, sharded certification logs;
+* :mod:`rsbook.bench` -- the benchmarks and the load monitor;
+* :mod:`rsbook.book` -- the book pipeline: profiles, notebook runs, claims, plots, tables;
+* :mod:`rsbook.papers` -- one module per chapter: settings, planned work, certifications, claims;
+* :mod:`rsbook.cli` -- the ``rsbook`` command.
 """
 
 from .infra.version import __version__  # noqa: E402
-from .core.certify import ABSTAIN, Smooth, max_certified_radius  # noqa: E402
-from .core.bounds import clopper_pearson_lower, clopper_pearson_upper  # noqa: E402
-from .core.engine import Engine, Item  # noqa: E402
-from .core.noise import Gaussian, Laplace, Uniform, make_noise  # noqa: E402
+from .core import (ABSTAIN, Certificate, Engine, Gaussian, Item, Laplace, Smooth, Uniform,  # noqa: E402
+                   clopper_pearson_lower, clopper_pearson_upper, make_noise, max_certified_radius)
 
 __all__ = [
     "ABSTAIN",
+    "Certificate",
     "Smooth",
     "Engine",
     "Item",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .book.profiles import PROFILES
 
@@ -134,11 +135,11 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _bench_certify(args: argparse.Namespace) -> int:
-    from dataclasses import fields
+    from .bench.certify import BenchConfig, bench_certify, format_table, write_csv
+    from .bench.common import write_json
+    from .bench.load import is_contended
 
-    from .bench.benchmarks import BenchConfig, bench_certify, format_table, is_contended, write_csv, write_json
-
-    cfg = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
+    cfg = _config_from(BenchConfig, args)
     result = bench_certify(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_table(result))
     refused = []
@@ -156,12 +157,11 @@ def _bench_certify(args: argparse.Namespace) -> int:
 
 
 def _bench_sequential(args: argparse.Namespace) -> int:
-    from dataclasses import fields
+    from .bench.certify import BenchConfig
+    from .bench.common import write_json
+    from .bench.sequential import bench_sequential, format_sequential
 
-    from .bench.benchmarks import BenchConfig, bench_sequential, format_sequential, write_json
-
-    names = {f.name for f in fields(BenchConfig)}
-    cfg = BenchConfig(**{k: v for k, v in vars(args).items() if k in names})
+    cfg = _config_from(BenchConfig, args)
     result = bench_sequential(cfg, args.radii, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_sequential(result))
     if args.json:
@@ -170,12 +170,10 @@ def _bench_sequential(args: argparse.Namespace) -> int:
 
 
 def _bench_denoised(args: argparse.Namespace) -> int:
-    from dataclasses import fields
+    from .bench.common import write_json
+    from .bench.denoised import DenoisedBenchConfig, bench_denoised, format_denoised
 
-    from .bench.benchmarks import DenoisedBenchConfig, bench_denoised, format_denoised, write_json
-
-    names = {f.name for f in fields(DenoisedBenchConfig)}
-    cfg = DenoisedBenchConfig(**{k: v for k, v in vars(args).items() if k in names})
+    cfg = _config_from(DenoisedBenchConfig, args)
     result = bench_denoised(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_denoised(result))
     if args.json:
@@ -184,12 +182,10 @@ def _bench_denoised(args: argparse.Namespace) -> int:
 
 
 def _bench_scaleout(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
-    from .bench.benchmarks import write_json
+    from .bench.common import write_json
     from .bench.scaleout import ScaleoutConfig, bench_scaleout, format_scaleout
 
-    cfg = ScaleoutConfig(**{f.name: getattr(args, f.name) for f in fields(ScaleoutConfig)})
+    cfg = _config_from(ScaleoutConfig, args)
     result = bench_scaleout(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_scaleout(result))
     if args.json:
@@ -204,28 +200,71 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _certification_arguments(p: argparse.ArgumentParser, d, n: int | None = None, n_help: str | None = None) -> None:
-    """The arguments that say which certification a benchmark runs (defaults from its config ``d``)."""
-    from .core.noise import NOISES
-    from .infra.data import DATASETS
-    from .models.classifiers import ARCHS
-
-    p.add_argument("--model", default=d.model, choices=sorted(ARCHS))
-    p.add_argument("--dataset", default=d.dataset, choices=[k for k in DATASETS if k != "imagenet"])
-    p.add_argument("--weights", default=d.weights, help="'random' or a state-dict .pt (e.g. a trained-model artifact)")
-    p.add_argument("--noise", default=d.noise, choices=sorted(NOISES))
-    p.add_argument("--sigma", type=float, default=d.sigma)
-    p.add_argument("--n0", type=int, default=d.n0)
-    p.add_argument("--n", type=int, default=d.n if n is None else n, help=n_help)
-    p.add_argument("--alpha", type=float, default=d.alpha)
-    p.add_argument("--images", type=int, default=d.images, help="test images (from the embedded every-20th subset)")
-
-
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _field_flags() -> dict[str, dict[str, dict[str, Any]]]:
+    """Per config class (by name), per field: the argparse keywords of its flag beyond the default and
+    type that :func:`_config_flags` takes from the dataclass (choices, help, metavar; a type where the
+    default's type cannot parse a flag, as for tuples)."""
+    from .core.engine import PRECISIONS
+    from .core.noise import NOISES
+    from .infra.data import DATASETS
+    from .models.classifiers import ARCHS
+
+    compile_ = {"compile": dict(choices=["auto", "on", "off"])}
+    certification = {  # which certification a benchmark runs
+        "model": dict(choices=sorted(ARCHS)),
+        "dataset": dict(choices=[k for k in DATASETS if k != "imagenet"]),
+        "weights": dict(help="'random' or a state-dict .pt (e.g. a trained-model artifact)"),
+        "noise": dict(choices=sorted(NOISES)),
+        "images": dict(help="test images (from the embedded every-20th subset)"),
+    }
+    return {
+        "BenchConfig": {
+            **certification, **compile_,
+            "sigmas": dict(type=_floats, metavar="S1,S2,...", help="mixed noise: image i is smoothed with sigma S[i %% k] "
+                           "(each image carries its own noise)"),
+            "precision": dict(choices=PRECISIONS),
+            "threads": dict(help="torch threads (0: default)"),
+            "repeats": dict(help="interleaved rounds (the table shows each quantity's best round)"),
+            "forward_seconds": dict(help="seconds per raw-forward measurement"),
+        },
+        "ScaleoutConfig": {
+            **certification,
+            "procs": dict(type=_ints, metavar="K1,K2,..."),
+            "device": dict(help="cpu, auto (each rank its own GPU) or a fixed device such as cuda:0"),
+            "batch_size": dict(help="0: the engine's sweep"),
+            "threads": dict(help="torch threads per process (0: cores / processes)"),
+        },
+        "DenoisedBenchConfig": compile_,
+    }
+
+
+def _config_flags(p: argparse.ArgumentParser, cls: type, names: str, **overrides: dict[str, Any]) -> None:
+    """Add to ``p`` one flag per field of the config dataclass ``cls`` named in ``names`` (space-separated,
+    in ``--help`` order): ``--batch-size`` for ``batch_size``, its default the field's, its type the
+    default's (an int or a float; a string stays one), the rest from :func:`_field_flags`;
+    ``overrides`` (field: keywords) change a flag for one command. :func:`_config_from` builds ``cls``
+    back from the parsed arguments."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    table = _field_flags().get(cls.__name__, {})
+    for name in names.split():
+        kw = {"default": defaults[name], **table.get(name, {}), **overrides.get(name, {})}
+        if "type" not in kw and type(kw["default"]) is not str:  # argparse passes strings through
+            if type(kw["default"]) not in (int, float):
+                raise TypeError(f"{cls.__name__}.{name}: give its flag a type in _field_flags")
+            kw["type"] = type(kw["default"])
+        p.add_argument("--" + name.replace("_", "-"), dest=name, **kw)
+
+
+def _config_from(cls: type, args: argparse.Namespace) -> Any:
+    """``cls`` from parsed arguments: the fields that have a flag take its value, the others their default."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,32 +301,11 @@ def main(argv: list[str] | None = None) -> int:
                          description="Raw forward throughput, the published reference loop and Smooth.certify on the "
                          "same model, noise, N and images, in one process; prints a table and checks that both "
                          "give the same certificates.")
-    from .bench.benchmarks import BenchConfig
-    from .core.engine import PRECISIONS
-    from .core.noise import NOISES
-    from .infra.data import DATASETS
-    from .models.classifiers import ARCHS
+    from .bench.certify import BenchConfig
 
-    d = BenchConfig()
-    c.add_argument("--model", default=d.model, choices=sorted(ARCHS))
-    c.add_argument("--dataset", default=d.dataset, choices=[k for k in DATASETS if k != "imagenet"])
-    c.add_argument("--weights", default=d.weights, help="'random' or a state-dict .pt (e.g. a trained-model artifact)")
-    c.add_argument("--noise", default=d.noise, choices=sorted(NOISES))
-    c.add_argument("--sigma", type=float, default=d.sigma)
-    c.add_argument("--sigmas", type=_floats, default=d.sigmas, metavar="S1,S2,...",
-                   help="mixed noise: image i is smoothed with sigma S[i %% k] (each image carries its own noise)")
-    c.add_argument("--n0", type=int, default=d.n0)
-    c.add_argument("--n", type=int, default=d.n)
-    c.add_argument("--alpha", type=float, default=d.alpha)
-    c.add_argument("--images", type=int, default=d.images, help="test images (from the embedded every-20th subset)")
-    c.add_argument("--device", default=d.device)
-    c.add_argument("--precision", default=d.precision, choices=PRECISIONS)
-    c.add_argument("--compile", default=d.compile, choices=["auto", "on", "off"])
-    c.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size, help="batch of the engine and of both raw-forward measurements (0: each swept to its best)")
-    c.add_argument("--seed", type=int, default=d.seed)
-    c.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
-    c.add_argument("--repeats", type=int, default=d.repeats, help="interleaved rounds (the table shows each quantity's best round)")
-    c.add_argument("--forward-seconds", dest="forward_seconds", type=float, default=d.forward_seconds, help="seconds per raw-forward measurement")
+    _config_flags(c, BenchConfig, "model dataset weights noise sigma sigmas n0 n alpha images device precision compile batch_size seed "
+                  "threads repeats forward_seconds",
+                  batch_size=dict(help="batch of the engine and of both raw-forward measurements (0: each swept to its best)"))
     c.add_argument("--json", help="also write the result as JSON here")
     c.add_argument("--csv", help="also write the table as CSV here")
     c.add_argument("--force", action="store_true", help="overwrite --json/--csv files even with a run measured on a busy machine")
@@ -295,17 +313,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .bench.scaleout import ScaleoutConfig
 
-    so = ScaleoutConfig()
     t = bench.add_parser("scaleout", help="one certification under torchrun with 1, 2, ... processes",
                          description="Launches `torchrun --standalone --nproc-per-node=K` for each K in --procs on the same "
                          "certification (sharded by image, merged by rank 0) and prints the wall time, each rank's "
                          "certification seconds, the speed-up and whether the merged log equals the first K's.")
-    t.add_argument("--procs", type=_ints, default=so.procs, metavar="K1,K2,...")
-    _certification_arguments(t, so)
-    t.add_argument("--device", default=so.device, help="cpu, auto (each rank its own GPU) or a fixed device such as cuda:0")
-    t.add_argument("--batch-size", dest="batch_size", type=int, default=so.batch_size, help="0: the engine's sweep")
-    t.add_argument("--seed", type=int, default=so.seed)
-    t.add_argument("--threads", type=int, default=so.threads, help="torch threads per process (0: cores / processes)")
+    _config_flags(t, ScaleoutConfig, "procs model dataset weights noise sigma n0 n alpha images device batch_size seed threads")
     t.add_argument("--json", help="also write the result as JSON here")
     t.set_defaults(func=_bench_scaleout)
 
@@ -313,32 +325,21 @@ def main(argv: list[str] | None = None) -> int:
                          description="Forward passes, wall time and decisions at the given radii of fixed-N "
                          "certify and of the anytime-valid sequential certifier (n_max = --n), on the same images "
                          "and model, in one run.")
-    _certification_arguments(q, d, n=10_000, n_help="fixed N, and the sequential run's n_max")
+    _config_flags(q, BenchConfig, "model dataset weights noise sigma n0 n alpha images",
+                  n=dict(default=10_000, help="fixed N, and the sequential run's n_max"))
     q.add_argument("--radii", type=_floats, default=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5), metavar="R1,R2,...")
-    q.add_argument("--device", default=d.device)
-    q.add_argument("--precision", default=d.precision, choices=PRECISIONS)
-    q.add_argument("--compile", default=d.compile, choices=["auto", "on", "off"])
-    q.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size)
-    q.add_argument("--seed", type=int, default=d.seed)
-    q.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
+    _config_flags(q, BenchConfig, "device precision compile batch_size seed threads")
     q.add_argument("--json", help="also write the result as JSON here")
     q.set_defaults(func=_bench_sequential)
 
-    from .bench.benchmarks import DenoisedBenchConfig
+    from .bench.denoised import DenoisedBenchConfig
 
-    dd = DenoisedBenchConfig()
     dn = bench.add_parser("denoised", help="denoised certification (chapter 1) vs raw forward and a one-sample loop",
                           description="The one-step and multi-step denoised classifiers of chapter 1 on the engine: "
                           "certification samples/s against the raw forward of denoiser + classifier, and the multi-step "
                           "path against a loop that denoises one noise sample at a time.")
-    for name in ("width", "levels", "steps", "n0", "n", "images", "repeats", "seed", "threads"):
-        dn.add_argument(f"--{name}", type=int, default=getattr(dd, name))
-    dn.add_argument("--sigma", type=float, default=dd.sigma)
-    dn.add_argument("--loop-samples", dest="loop_samples", type=int, default=dd.loop_samples)
-    dn.add_argument("--forward-seconds", dest="forward_seconds", type=float, default=dd.forward_seconds)
-    dn.add_argument("--batch-size", dest="batch_size", type=int, default=dd.batch_size)
-    dn.add_argument("--compile", default=dd.compile, choices=["auto", "on", "off"])
-    dn.add_argument("--device", default=dd.device)
+    _config_flags(dn, DenoisedBenchConfig, "width levels steps n0 n images repeats seed threads sigma loop_samples forward_seconds "
+                  "batch_size compile device")
     dn.add_argument("--json", help="also write the result as JSON here")
     dn.set_defaults(func=_bench_denoised)
 

@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-import rsbook.bench.benchmarks as bench
-from rsbook.bench.benchmarks import BenchConfig, LoadMonitor, bench_certify, contention, format_table
+import rsbook.bench.certify as certify_module
+from rsbook.bench.certify import BenchConfig, bench_certify, format_table
+from rsbook.bench.load import LoadMonitor, contention
 from rsbook.cli import main
 
 TINY = dict(model="lenet", dataset="mnist", images=3, n0=10, n=200, repeats=1, forward_seconds=0.05, compile="off")
@@ -29,7 +30,7 @@ def test_bench_gives_the_reference_loops_certificates_with_mixed_noise():
 
 
 def test_equivalence_check_catches_different_certificates(monkeypatch):
-    real = bench.reference_certify
+    real = certify_module.reference_certify
 
     def off_by_many(*args, **kw):  # a "reference" whose counts moved 30 samples to another class
         c0, c = real(*args, **kw)
@@ -38,7 +39,7 @@ def test_equivalence_check_catches_different_certificates(monkeypatch):
         c[top], c[other] = c[top] - 30, c[other] + 30
         return c0, c
 
-    monkeypatch.setattr(bench, "reference_certify", off_by_many)
+    monkeypatch.setattr(certify_module, "reference_certify", off_by_many)
     result = bench_certify(BenchConfig(**TINY), log=lambda m: None)
     assert not result["equivalence"]["equivalent"] and result["equivalence"]["identical_counts"] == 0
     assert "NOT EQUIVALENT" in format_table(result)
@@ -68,7 +69,7 @@ def test_cli_writes_csv_and_json_and_refuses_to_overwrite_with_a_contended_run(t
     args = ["bench", "certify", "--model", "lenet", "--dataset", "mnist", "--images", "1", "--n0", "10", "--n", "100",
             "--repeats", "1", "--forward-seconds", "0.05", "--compile", "off", "--batch-size", "64", "--sigmas", "0.25,0.5",
             "--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv")]
-    monkeypatch.setattr(bench, "contention", lambda load, runs: {**load, "spread": 1.0, "contended": False, "reasons": []})
+    monkeypatch.setattr(certify_module, "contention", lambda load, runs: {**load, "spread": 1.0, "contended": False, "reasons": []})
     assert main(args) == 0
     assert "reference loop" in capsys.readouterr().out
     data = json.loads((tmp_path / "b.json").read_text())
@@ -77,7 +78,7 @@ def test_cli_writes_csv_and_json_and_refuses_to_overwrite_with_a_contended_run(t
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == [r["variant"] for r in data["rows"]] and rows[0]["config_model"] == "lenet"
     # a busy machine: the table says so, and stored results are not replaced without --force
-    monkeypatch.setattr(bench, "contention", lambda load, runs: {**load, "spread": 2.0, "contended": True, "reasons": ["test"]})
+    monkeypatch.setattr(certify_module, "contention", lambda load, runs: {**load, "spread": 2.0, "contended": True, "reasons": ["test"]})
     before = (tmp_path / "b.json").read_text()
     assert main(args) == 3
     captured = capsys.readouterr()
@@ -89,7 +90,8 @@ def test_cli_writes_csv_and_json_and_refuses_to_overwrite_with_a_contended_run(t
 
 def test_cli_refuses_a_missing_weights_file(tmp_path, capsys):
     assert main(["bench", "certify", "--weights", str(tmp_path / "nope.pt"), "--images", "1"]) == 2
-    assert "no such file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cnn4 (cifar10) weights not found at" in err and "nope.pt" in err and "pass --weights a cnn4 state dict" in err
 
 
 def test_cli_refuses_corrupt_or_mismatched_weights(tmp_path, capsys):
@@ -97,16 +99,18 @@ def test_cli_refuses_corrupt_or_mismatched_weights(tmp_path, capsys):
 
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert main(["bench", "certify", "--weights", str(tmp_path / "bad.pt"), "--images", "1"]) == 2
-    assert "is not a cnn4 state dict" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cnn4 (cifar10) weights at" in err and "bad.pt are not a readable PyTorch state dict" in err and "pass --weights" in err
     torch.save({"w": torch.zeros(1)}, tmp_path / "other.pt")
     assert main(["bench", "certify", "--weights", str(tmp_path / "other.pt"), "--images", "1"]) == 2
-    assert "pass a matching .pt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other.pt do not fit the network" in err and "pass --weights a cnn4 state dict for cifar10" in err
 
 
 def test_bench_sequential_compares_fixed_and_sequential_on_the_same_images(capsys):
     # Same images, one engine: the fixed run costs exactly n0 + N per image, the sequential run at
     # most that; a radius above both caps (5.0 = 20 sigma) is certified by neither.
-    from rsbook.bench.benchmarks import bench_sequential, format_sequential
+    from rsbook.bench.sequential import bench_sequential, format_sequential
 
     cfg = BenchConfig(**{**TINY, "n": 2000, "images": 3})
     result = bench_sequential(cfg, radii=(0.0, 0.5, 5.0), log=lambda m: None)
@@ -128,7 +132,7 @@ def test_scaleout_projection_is_the_slowest_ranks_share():
     assert project(500, 10_100, 1000.0, 8) == 63 * 10.1
     assert project(3, 100, 10.0, 8) == 10.0  # more ranks than images: one image each
     # chapter 3's paper plan by hand: 7 logs of 500 images, N = 10,000 (+ n0 = 100 for the 2 stochastic models)
-    certs = heat_smoothing.planned_work("paper")[1]
+    certs = heat_smoothing.planned_work("paper").certifications
     assert sorted(p.config.n0 + p.config.n if p.samples is None else p.samples for p in certs) == [10_000] * 5 + [10_100] * 2
     table = appendix_speed.projected_paper_hours({"cifar_resnet34": (2000.0, "gpu")}, gpus=(1, 4)).set_index("chapter")
     row = table.loc["3 (HeatSmoothing)"]

@@ -14,7 +14,7 @@ from torch import nn
 from rsbook.core.engine import Engine, Item
 from rsbook.core.noise import Gaussian, Laplace, Uniform
 from rsbook.core.reference import reference_certify
-from rsbook.runs.runner import image_generator
+from rsbook.core.streams import image_generator
 from rsbook.models.denoisers import DnCNN, ScoreUNet, build_denoiser
 from rsbook.methods.denoise import Anneal, AnnealingDenoiser, Denoised, TweedieDenoiser, anneal, data_gradient, project_box, tweedie
 from rsbook.methods.mixture import GaussianMixture, expected_norm, fit_score, map_error_single
@@ -255,8 +255,8 @@ def test_a_readers_overrides_change_the_certification_and_keep_the_networks():
     m = ch.method("one_step", "cpu")
     cfg = ch.certify_config(m, "gaussian", 0.3, "cpu", s=s)
     assert (cfg.n, cfg.every) == (5000, 50) and ch.certify_config(m, "gaussian", 0.3, "cpu").n == base.n
-    _, planned = ch.planned_work("cpu", s=s)
-    assert {p.config.sigma for p in planned if p.config.noise == "gaussian"} == {0.3, 0.6, base.unseen_sigma}
+    planned = ch.planned_work("cpu", s=s).certifications
+    assert {p.config.sigma for p in planned if p.config.noise.name == "gaussian"} == {0.3, 0.6, base.unseen_sigma}
     for bad in ({"sigmas": "0.25,x"}, {"sigmas": "-0.5"}, {"n": -1}, {"every": 2.5}):
         with pytest.raises(ValueError):
             ch.settings("cpu", **bad)
@@ -368,7 +368,7 @@ def test_the_unseen_level_check_holds_for_the_exact_score_and_fails_for_one_that
     # the control: the same denoiser told the nearest training level, computed here by hand
     from rsbook.methods.denoise import denoising_psnr
 
-    told = denoising_psnr(lambda y, s: tweedie(_GaussianImageScore(0.5, 0.2), y, 0.3594), x, 0.45,
+    told = denoising_psnr(lambda y, s: tweedie(_GaussianImageScore(0.5, 0.2), y, 0.3594), x, Gaussian(0.45),
                           generator=torch.Generator().manual_seed(0))
     assert good.control == pytest.approx(told, abs=1e-4) and good.control < good.psnr
     # a network whose score at an unseen level is its score at the nearest training level fails the check

@@ -170,7 +170,7 @@ def test_the_merge_refuses_a_missing_image(shards):
 
 def test_the_merge_refuses_a_shard_of_another_config(shards, tmp_path, monkeypatch):
     other = tmp_path / "other"
-    monkeypatch.setattr(tc, "config", lambda: tc.CertifyConfig(tc.Toy(), "gaussian", 0.3, n0=20, n=400, alpha=0.01, seed=3))
+    monkeypatch.setattr(tc, "config", lambda: tc.CertifyConfig(tc.Toy(), tc.Gaussian(0.3), n0=20, n=400, alpha=0.01, seed=3))
     _shards(other, monkeypatch)
     for suffix in (".tsv", ".json"):
         shutil.copy(other / f"log.partial.rank1-of-3{suffix}", shards.with_name(f"log.partial.rank1-of-3{suffix}"))

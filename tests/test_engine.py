@@ -13,9 +13,10 @@ from torch import nn
 from rsbook.infra.artifacts import config_key
 from rsbook.core.certify import Smooth
 from rsbook.core.engine import Engine, Item, batch_candidates
-from rsbook.core.noise import Gaussian, Laplace, Uniform
+from rsbook.core.noise import Gaussian, Laplace, Uniform, make_noise
 from rsbook.core.reference import reference_certify
-from rsbook.runs.runner import CertifyConfig, image_generator
+from rsbook.core.streams import image_generator
+from rsbook.runs.runner import CertifyConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (1, 8, 8)  # 64 coordinates
@@ -212,7 +213,7 @@ def test_certify_many_equals_certify_one_by_one():
     smooth = Smooth(_linear(), K, 0.5)
     many = list(smooth.certify_many(_items(xs), 50, 500, 0.01, batch_size=100))
     for i, x in enumerate(xs):
-        assert many[i] == (i, *smooth.certify(x, 50, 500, 0.01, 100, generator=image_generator(0, i, "cpu")))
+        assert (many[i].key, *many[i].pair()) == (i, *smooth.certify(x, 50, 500, 0.01, 100, generator=image_generator(0, i, "cpu")))
 
 
 def test_training_mode_batch_norm_is_refused():
@@ -232,7 +233,8 @@ def test_committed_certification_artifacts_keep_their_keys():
         d = json.loads(meta.read_text())["config"]
         d.pop("type")
         model = d.pop("model")
-        cfg = CertifyConfig(model=_Frozen(model), **d)
+        # configs hold a Noise now; stored as the old (noise, sigma) fields, so the key is the stored one
+        cfg = CertifyConfig(model=_Frozen(model), noise=make_noise(d.pop("noise"), d.pop("sigma")), **d)
         assert cfg.precision == "fp32"
         # chapter 3's deterministic models (no noise in training, or HeatSmoothing) are certified from the clean input
         deterministic = "timesteps" in model or model.get("method") == "pgd" or model.get("sigma") == 0.0

@@ -14,6 +14,7 @@ from torch import nn
 
 from rsbook.methods.attacks import l2_pgd
 from rsbook.methods.heat import HeatSmoothing, jacobian_norm_estimate
+from rsbook.core.noise import Gaussian
 from rsbook.methods.soft import SoftSmoothed, noisy_copies
 from rsbook.methods.step import Batch
 
@@ -60,11 +61,11 @@ def test_the_heat_loss_without_its_penalty_is_the_quadratic_match_to_the_frozen_
 def test_the_soft_smoothed_classifier_shares_one_perturbation_and_draws_fresh_noise_each_call():
     x = torch.rand(2, 3, 4, 4)
     delta = 0.1 * torch.randn(2, 3, 4, 4)
-    a = noisy_copies(x, 5, "gaussian", 0.25, torch.Generator().manual_seed(0))
-    b = noisy_copies(x + delta, 5, "gaussian", 0.25, torch.Generator().manual_seed(0))
+    a = noisy_copies(x, 5, Gaussian(0.25), torch.Generator().manual_seed(0))
+    b = noisy_copies(x + delta, 5, Gaussian(0.25), torch.Generator().manual_seed(0))
     assert torch.allclose(b - a, delta.repeat_interleave(5, dim=0), atol=1e-6)  # every copy moves by the same delta
 
-    soft = SoftSmoothed(nn.Sequential(nn.Flatten(), nn.Linear(48, 3)), "gaussian", 0.25, m=4)
+    soft = SoftSmoothed(nn.Sequential(nn.Flatten(), nn.Linear(48, 3)), Gaussian(0.25), m=4)
     soft.generator = torch.Generator().manual_seed(0)
     first, second = soft(x), soft(x)
     assert not torch.allclose(first, second)  # fresh noise on every call, not one draw reused
@@ -91,7 +92,7 @@ def test_the_soft_smoothed_classifier_converges_to_the_gaussian_average_of_a_lin
     mu = float(model.lin(x))
     s = sigma * float(model.lin.weight.norm())
     want = integrate.quad(lambda z: special.expit(z) * stats.norm.pdf(z, mu, s), mu - 12 * s, mu + 12 * s)[0]
-    soft = SoftSmoothed(model, "gaussian", sigma, m=m)
+    soft = SoftSmoothed(model, Gaussian(sigma), m=m)
     soft.generator = torch.Generator().manual_seed(1)
     got = float(soft(x)[0, 1])
     se = math.sqrt(want * (1 - want) / m)
@@ -165,7 +166,8 @@ def test_heat_finetuning_reads_no_labels_leaves_its_base_alone_and_is_stored(tmp
     from rsbook.infra.artifacts import ArtifactStore
     from rsbook.infra.data import load_train_subset
     from rsbook.training.classifier import TrainConfig, trained_model
-    from rsbook.training.finetune import HeatConfig, finetune, trained_heat_model
+    from rsbook.training.finetune import HeatConfig, finetune
+    from rsbook.training.stored import trained
 
     base_cfg = TrainConfig(sigma=0.0, epochs=1, batch_size=32, lr=0.01, schedule="cosine", train_subset=32)
     cfg = HeatConfig(base_cfg, sigma=1.0, timesteps=2, epochs_per_timestep=1, kappa=2, batch_size=32, lr=0.1, train_subset=32)
@@ -180,10 +182,13 @@ def test_heat_finetuning_reads_no_labels_leaves_its_base_alone_and_is_stored(tmp
     shuffled = dataclasses.replace(data, labels=data.labels[torch.randperm(32, generator=torch.Generator().manual_seed(0))])
     again, _ = finetune(cfg, base, shuffled, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), again.state_dict().values()))
-    stored = trained_heat_model(cfg, store, base_store, progress=False)
+    stored = trained(cfg, store, progress=False, store_of=lambda c: base_store)
     assert store.exists(cfg, "pt") and store.metadata(cfg, "pt")["history"]
-    loaded = trained_heat_model(cfg, store, base_store, progress=False)
+    assert base_store.exists(base_cfg, "pt") and not store.exists(base_cfg, "pt")  # the base stays in its own store
+    loaded = trained(cfg, store, progress=False, store_of=lambda c: base_store)
     assert all(torch.equal(a, b) for a, b in zip(stored.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(TypeError, match="no stored model for a dict"):
+        trained({}, store)
     with pytest.raises(TypeError, match="TrainConfig"):
         HeatConfig(base_cfg.__dict__)  # a dict is not a config
     assert HeatConfig(cfg).base == cfg  # a fine-tuning of a fine-tuning (Table 4's chain) is fine
@@ -198,7 +203,7 @@ def test_foolbox_attacks_the_soft_smoothed_classifier_through_its_log_probabilit
 
     torch.manual_seed(0)
     base = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()
-    soft = SoftSmoothed(base, "gaussian", 0.25, m=8)
+    soft = SoftSmoothed(base, Gaussian(0.25), m=8)
     logits = SoftSmoothedLogits(soft).eval()
     x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     soft.generator = torch.Generator().manual_seed(2)
@@ -363,13 +368,13 @@ def test_per_input_generators_make_an_inputs_noise_independent_of_its_batch():
 
     x = torch.rand(3, 1, 2, 2)
     gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
-    batch = noisy_copies(x, 4, "gaussian", 0.5, gens(7, 8, 9))
-    alone = noisy_copies(x[1:2], 4, "gaussian", 0.5, gens(8))
+    batch = noisy_copies(x, 4, Gaussian(0.5), gens(7, 8, 9))
+    alone = noisy_copies(x[1:2], 4, Gaussian(0.5), gens(8))
     assert torch.equal(batch[4:8], alone)  # input 1's copies: the same alone and in the batch
     expected = x[1:2] + 0.5 * torch.randn((4, 1, 2, 2), generator=torch.Generator().manual_seed(8))
     torch.testing.assert_close(alone, expected, rtol=0, atol=1e-6)  # Gaussian draws of its own generator
     with pytest.raises(ValueError, match="one per input"):
-        noisy_copies(x, 4, "gaussian", 0.5, gens(1, 2))
+        noisy_copies(x, 4, Gaussian(0.5), gens(1, 2))
 
 
 def test_the_refined_distance_is_the_segments_exact_crossing_to_its_resolution():
@@ -407,7 +412,7 @@ def test_the_fixed_noise_soft_classifier_is_deterministic_with_each_images_own_d
 
     model = _linear_classifier()
     gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
-    fixed = FixedNoiseSoft(model, "gaussian", 0.5, 8, gens, (3, 8, 8))
+    fixed = FixedNoiseSoft(model, Gaussian(0.5), 8, gens, (3, 8, 8))
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     rows = torch.tensor([1, 0])
     assert torch.equal(fixed(x, rows), fixed(x, rows))

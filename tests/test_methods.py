@@ -9,7 +9,7 @@ from scipy import stats
 from torch import nn
 
 from rsbook.core.engine import Engine, Item
-from rsbook.core.noise import Gaussian
+from rsbook.core.noise import Gaussian, Laplace
 from rsbook.infra.data import ImageDataset
 from rsbook.methods.attacks import L2PGD, l2_pgd
 from rsbook.methods.denoise import Denoised, DenoiserMSE, DenoisingScoreMatching, TweedieDenoiser, dsm_loss, geometric_sigmas, tweedie
@@ -38,7 +38,7 @@ class Threshold(nn.Module):
 # -- soft smoothed classifier -------------------------------------------------------------------
 
 def test_soft_smoothed_classifier_is_the_smoothed_probability_and_differentiable_in_sigma():
-    soft = SoftSmoothed(Threshold(), "gaussian", sigma=0.5, m=40_000)
+    soft = SoftSmoothed(Threshold(), Gaussian(0.5), m=40_000)
     soft.generator = torch.Generator().manual_seed(0)
     x = torch.zeros(2, 1, 2, 2)
     x[1, 0, 0, 0] = 0.3
@@ -48,7 +48,7 @@ def test_soft_smoothed_classifier_is_the_smoothed_probability_and_differentiable
     np.testing.assert_allclose(p[:, 1].detach().numpy(), expected, atol=4 * 0.5 / math.sqrt(40_000))
     # d/dsigma P(x0 + sigma z > 0) = -x0 phi(x0/sigma) / sigma^2 < 0 for x0 > 0: the surrogate of a
     # hard threshold has no useful gradient, so check a smooth model instead
-    smooth = SoftSmoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), "gaussian", 0.5, m=8)
+    smooth = SoftSmoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), Gaussian(0.5), m=8)
     s2 = torch.tensor([0.4, 0.7], requires_grad=True)
     smooth(x, s2)[:, 1].sum().backward()
     assert s2.grad is not None and torch.all(s2.grad != 0)
@@ -58,12 +58,12 @@ def test_soft_smoothed_classifier_is_the_smoothed_probability_and_differentiable
 
 def test_order_indices_follow_their_binomial_definition():
     n, D, sigma, alpha = 500, 0.25, 0.5, 0.01
-    q_l, q_u = order_indices(n, D, sigma, alpha)
+    q_l, q_u = order_indices(n, D, Gaussian(sigma), alpha)
     p_u, p_l = stats.norm.cdf(D / sigma), stats.norm.cdf(-D / sigma)
     assert stats.binom.cdf(q_u - 1, n, p_u) >= 1 - alpha > stats.binom.cdf(q_u - 2, n, p_u)  # smallest such q
     assert stats.binom.cdf(q_l - 1, n, p_l) <= alpha < stats.binom.cdf(q_l, n, p_l)  # largest such q
     assert q_l < n / 2 < q_u
-    assert order_indices(10, 2.0, 0.5, 0.001) == (None, None)  # too few draws: no finite bound
+    assert order_indices(10, 2.0, Gaussian(0.5), 0.001) == (None, None)  # too few draws: no finite bound
 
 
 def test_median_bounds_cover_the_shifted_median_at_the_stated_rate():
@@ -73,13 +73,30 @@ def test_median_bounds_cover_the_shifted_median_at_the_stated_rate():
     n, D, sigma, alpha, trials = 300, 0.2, 0.5, 0.05, 2000
     misses_u = misses_l = 0
     for _ in range(trials):
-        b = median_bounds(0.1 + sigma * rng.standard_normal(n), D, sigma, alpha)
+        b = median_bounds(0.1 + sigma * rng.standard_normal(n), D, Gaussian(sigma), alpha)
         misses_u += b.upper < 0.1 + D
         misses_l += b.lower > 0.1 - D
     slack = 4 * math.sqrt(alpha * (1 - alpha) / trials)
     assert misses_u / trials <= alpha + slack and misses_l / trials <= alpha + slack
     assert misses_u > 0  # not vacuous: the bound is close to the true percentile
-    assert math.isinf(median_bounds(np.zeros(5), 2.0, 0.5, 0.001).upper)
+    assert math.isinf(median_bounds(np.zeros(5), 2.0, Gaussian(0.5), 0.001).upper)
+
+
+def test_median_bounds_hold_for_laplace_noise_in_l1():
+    # h(x + eps) = x_0 + eps_0 with Laplace noise: within ||delta||_1 <= D the smoothed median is
+    # x_0 + delta_0, in [x_0 - D, x_0 + D]; the bound uses Laplace's own radius (required_p), not Phi.
+    rng = np.random.default_rng(1)
+    lap = Laplace(0.5)
+    n, D, alpha, trials = 300, 0.2, 0.05, 2000
+    assert order_indices(n, D, lap, alpha) != order_indices(n, D, Gaussian(0.5), alpha)  # not the Gaussian indices
+    misses_u = misses_l = 0
+    for _ in range(trials):
+        b = median_bounds(0.1 + rng.laplace(0.0, lap.scale, n), D, lap, alpha)
+        misses_u += b.upper < 0.1 + D
+        misses_l += b.lower > 0.1 - D
+    slack = 4 * math.sqrt(alpha * (1 - alpha) / trials)
+    assert misses_u / trials <= alpha + slack and misses_l / trials <= alpha + slack
+    assert misses_u > 0
 
 
 def test_median_bounds_from_the_engines_values():
@@ -94,7 +111,7 @@ def test_median_bounds_from_the_engines_values():
     x = torch.full((1, 4, 4), 0.2)
     engine = Engine(First(), None, Gaussian(0.25), channels_last=False)
     ((_, (vals,)),) = list(engine.values([Item(0, x, torch.Generator().manual_seed(3))], (2000,), batch_size=500))
-    b = median_bounds(vals, D=0.1, sigma=0.25, alpha=0.001)
+    b = median_bounds(vals, D=0.1, noise=Gaussian(0.25), alpha=0.001)
     assert b.lower <= 0.2 - 0.1 and b.upper >= 0.2 + 0.1 and abs(b.median - 0.2) < 0.03
 
 
@@ -165,7 +182,7 @@ def test_denoiser_mse_step_of_the_identity_is_the_noise_energy():
             return y + 0 * self.dummy
 
     x = torch.rand(4000, 1, 4, 4)
-    loss, _ = DenoiserMSE("gaussian", 0.3)(Identity(), Batch(x, torch.zeros(4000, dtype=torch.long), torch.arange(4000)),
+    loss, _ = DenoiserMSE(Gaussian(0.3))(Identity(), Batch(x, torch.zeros(4000, dtype=torch.long), torch.arange(4000)),
                                           torch.Generator().manual_seed(0))
     assert loss.item() == pytest.approx(16 * 0.3**2, rel=0.02)  # E||eps||^2 = d sigma^2
 
@@ -224,11 +241,11 @@ def test_smoothadv_without_attack_is_noise_augmented_cross_entropy():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
     batch = Batch(x, y, torch.arange(8))
-    loss, _ = SmoothAdv("gaussian", 0.25, m=2, eps=0.0, steps=4)(model, batch, torch.Generator().manual_seed(5))
+    loss, _ = SmoothAdv(Gaussian(0.25), m=2, eps=0.0, steps=4)(model, batch, torch.Generator().manual_seed(5))
     noise = Gaussian(0.25).sample((16, 1, 4, 4), generator=torch.Generator().manual_seed(5))
     manual = nn.functional.cross_entropy(model(x.repeat_interleave(2, 0) + noise), y.repeat_interleave(2))
     assert loss.item() == pytest.approx(manual.item(), rel=1e-6)
-    adv_loss, _ = SmoothAdv("gaussian", 0.25, m=2, eps=0.5, steps=4)(model, batch, torch.Generator().manual_seed(5))
+    adv_loss, _ = SmoothAdv(Gaussian(0.25), m=2, eps=0.5, steps=4)(model, batch, torch.Generator().manual_seed(5))
     assert adv_loss.item() > loss.item()  # the attack raises the loss on the same noise
 
 

@@ -8,8 +8,9 @@ import torch
 from rsbook.core.certify import Smooth
 from rsbook.infra.data import ImageDataset
 from rsbook.core.metrics import acr, certified_accuracy, envelope
-from rsbook.core.noise import Gaussian, Laplace
-from rsbook.runs.runner import LOG_COLUMNS, certify_dataset, image_generator, read_log
+from rsbook.core.noise import Gaussian, Laplace, make_noise
+from rsbook.core.streams import image_generator
+from rsbook.runs.runner import LOG_COLUMNS, certify_dataset, read_log
 
 from conftest import CountingClassifier, ThresholdClassifier
 
@@ -90,7 +91,7 @@ def test_committed_logs_from_before_the_noise_columns_still_read():
 
     metas = sorted((Path(__file__).resolve().parents[1] / "book" / "artifacts").glob("*/certifyconfig-*.json"))
     meta = json.loads(metas[0].read_text())
-    log = read_log(metas[0].with_suffix(".tsv"), meta["config"]["noise"], meta["config"]["sigma"])
+    log = read_log(metas[0].with_suffix(".tsv"), make_noise(meta["config"]["noise"], meta["config"]["sigma"]))
     assert tuple(log.columns) == LOG_COLUMNS and len(log) == meta["images"]
     assert set(log["sigma"]) == {meta["config"]["sigma"]}
 
@@ -125,7 +126,8 @@ def test_chapter_0_plan_is_exactly_its_committed_artifacts():
     from rsbook.infra.artifacts import config_key
     from rsbook.papers import cohen2019
 
-    trainings, certs = cohen2019.planned_work("cpu")
+    plan = cohen2019.planned_work("cpu")
+    trainings, certs = plan.trainings, plan.certifications
     folder = Path(__file__).resolve().parents[1] / "book" / "artifacts" / cohen2019.CHAPTER
     committed = {p.stem for p in folder.glob("*config-*.json")}
     planned = {config_key(c) for c in trainings} | {config_key(p.config) for p in certs}
@@ -204,7 +206,8 @@ def test_chapter_1_plan_is_exactly_its_committed_artifacts():
     from rsbook.infra.artifacts import config_key
     from rsbook.papers import score_denoising
 
-    models, certs = score_denoising.planned_work("cpu")
+    plan = score_denoising.planned_work("cpu")
+    models, certs = plan.trainings, plan.certifications
     folder = Path(__file__).resolve().parents[1] / "book" / "artifacts" / score_denoising.CHAPTER
     committed = {p.stem for p in folder.glob("*config-*.json")}
     planned = {config_key(c) for c in models} | {config_key(p.config) for p in certs}
@@ -218,7 +221,8 @@ def test_chapter_3_plan_is_exactly_its_committed_artifacts():
     from rsbook.infra.artifacts import config_key
     from rsbook.papers import heat_smoothing, score_denoising
 
-    models, certs, attacks = heat_smoothing.planned_work("cpu")
+    plan = heat_smoothing.planned_work("cpu")
+    models, certs, attacks = plan.trainings, plan.certifications, plan.other
     root = Path(__file__).resolve().parents[1] / "book" / "artifacts"
     committed = {p.stem for p in (root / heat_smoothing.CHAPTER).glob("*config-*.json")}
     baseline = config_key(heat_smoothing.model_config("baseline", "cpu"))

@@ -7,6 +7,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from rsbook.core.noise import Gaussian
 from rsbook.infra.artifacts import ArtifactStore
 from rsbook.infra.data import ImageDataset
 from rsbook.methods.augment import FixedSigma, GridSigma, NoiseAugmentedCE, PerSampleSigma, UniformSigma, perturb
@@ -63,7 +64,7 @@ def _per_image_std(rule, n=2000, index=None):
     x = torch.zeros(n, 1, 28, 28)
     batch = Batch(x, torch.zeros(n, dtype=torch.long), torch.arange(n) if index is None else index)
     g = torch.Generator().manual_seed(0)
-    return perturb(x, "gaussian", rule.sigmas(batch, g), g).flatten(1).std(1)
+    return perturb(x, Gaussian(1.0), g, rule.sigmas(batch, g)).flatten(1).std(1)
 
 
 def test_universal_rule_draws_sigma_uniformly_per_image():
@@ -125,7 +126,7 @@ class Anchored:
         self.anchor = state["anchor"]
 
     def __call__(self, model, batch, generator):
-        logits = model(perturb(batch.x, "gaussian", 0.1, generator))
+        logits = model(perturb(batch.x, Gaussian(0.1), generator))
         pull = sum(((p - self.anchor[k]) ** 2).sum() for k, p in model.named_parameters())
         return nn.functional.cross_entropy(logits, batch.y) + 10.0 * pull, {}
 
@@ -155,7 +156,7 @@ def test_fit_learns_a_separable_task_and_max_batches_limits_epochs():
     images = (torch.randint(0, 200, (256, 1, 28, 28), generator=g) + 55 * labels.view(-1, 1, 1, 1)).to(torch.uint8)
     data = ImageDataset("mnist", images, labels)  # class 1 is brighter: separable by a linear model
     calls = {"n": 0}
-    step = NoiseAugmentedCE("gaussian", FixedSigma(0.05))
+    step = NoiseAugmentedCE(Gaussian(1.0), FixedSigma(0.05))
 
     def counted(model, batch, g):
         calls["n"] += 1
@@ -183,7 +184,7 @@ def test_learning_rate_schedules():
 def test_a_damaged_checkpoint_names_itself_and_the_fix(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match=r"cannot resume from .*checkpoint\.pt.*delete it"):
-        fit(_tiny(), NoiseAugmentedCE("gaussian", FixedSigma(0.1)), FitConfig(epochs=1, batch_size=8, lr=0.1), tmp_path,
+        fit(_tiny(), NoiseAugmentedCE(Gaussian(1.0), FixedSigma(0.1)), FitConfig(epochs=1, batch_size=8, lr=0.1), tmp_path,
             data=_mnist_like(), progress=False)
 
 

@@ -22,7 +22,9 @@ from conftest import ThresholdClassifier  # noqa: E402
 
 from rsbook.infra.artifacts import ArtifactStore  # noqa: E402
 from rsbook.core.certify import Smooth  # noqa: E402
-from rsbook.runs.runner import CertifyConfig, certification_log, image_generator  # noqa: E402
+from rsbook.core.noise import Gaussian  # noqa: E402
+from rsbook.runs.runner import CertifyConfig, certification_log  # noqa: E402
+from rsbook.core.streams import image_generator  # noqa: E402
 from rsbook.runs.shards import sharded_table  # noqa: E402
 from rsbook.core.sequential import Sequential  # noqa: E402
 from rsbook.infra.data import ImageDataset  # noqa: E402
@@ -45,7 +47,7 @@ def dataset() -> ImageDataset:
 
 def config(sequential: bool = False) -> CertifyConfig:
     seq = Sequential(radii=(0.05, 0.2), first=32) if sequential else None
-    return CertifyConfig(Toy(), "gaussian", 0.3, n0=20, n=300 if seq is None else 2000, alpha=0.01, dataset="synthetic",
+    return CertifyConfig(Toy(), Gaussian(0.3), n0=20, n=300 if seq is None else 2000, alpha=0.01, dataset="synthetic",
                          every=7, seed=3, sequential=seq)
 
 

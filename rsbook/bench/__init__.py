@@ -1,2 +1,9 @@
-"""Benchmarks: the engine against the published certification loop, the sequential certifier,
-denoised certification, torchrun scale-out, and the load monitor that says whether a machine was busy."""
+"""Benchmarks, one module each (``rsbook bench certify|sequential|denoised|scaleout``):
+
+* ``certify``: the engine against the published certification loop (``BenchConfig``, its table and CSV);
+* ``sequential``: the sequential certifier against fixed-N ``certify_many`` with ``N = n_max``;
+* ``denoised``: chapter 1's denoised classifiers on the engine against their raw forward and a one-sample loop;
+* ``scaleout``: one certification under ``torchrun`` with 1, 2, ... processes;
+* ``load``: the load monitor that says whether the machine was busy while a benchmark measured;
+* ``common``: what they share (the benchmarked model and its ``--weights``, the test images, ``write_json``).
+"""

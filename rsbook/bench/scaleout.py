@@ -63,9 +63,11 @@ def _worker(cfg: ScaleoutConfig, store: str) -> None:
     import torch
 
     from ..infra.artifacts import ArtifactStore
-    from .benchmarks import BenchConfig, _load_model
+    from .certify import BenchConfig
+    from .common import _load_model
     from ..infra.distributed import resolve_device
     from ..core.certify import Smooth
+    from ..core.noise import make_noise
     from ..runs.runner import CertifyConfig, certification_log
     from ..infra.data import NUM_CLASSES, ImageDataset, embedded_test_subset
 
@@ -79,7 +81,7 @@ def _worker(cfg: ScaleoutConfig, store: str) -> None:
         raise ValueError(f"--images {cfg.images}: the embedded {cfg.dataset} subset has {len(sub)} images")
     data = ImageDataset(sub.name, sub.images[: cfg.images], sub.labels[: cfg.images], sub.indices[: cfg.images])
     smooth = Smooth(model, NUM_CLASSES[cfg.dataset], (cfg.noise, cfg.sigma), compile=False)
-    ccfg = CertifyConfig(model=bench, noise=cfg.noise, sigma=cfg.sigma, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha,
+    ccfg = CertifyConfig(model=bench, noise=make_noise(cfg.noise, cfg.sigma), n0=cfg.n0, n=cfg.n, alpha=cfg.alpha,
                          dataset=cfg.dataset, every=20, seed=cfg.seed)
     certification_log(ccfg, smooth, data, ArtifactStore(store), batch_size=cfg.batch_size or None, progress=False)
 

@@ -312,3 +312,40 @@ class Claims:
         counts = ", ".join(f"{k} {v}" for k, v in self.counts().items() if v)
         display(Markdown(f"{len(self.rows)} claims: {counts}.\n\n{RULE}"))
         self.save()
+
+
+def diff_claims(reference: dict, built: dict) -> list[str]:
+    """The differences between two chapters' claims files (``Claims.to_json``, parsed): one line per
+    added, missing or changed row field, the rows matched by their claim text. Empty when the two
+    builds show the same claims, values and verdicts."""
+    out = []
+    for key in ("chapter", "profile"):
+        if reference.get(key) != built.get(key):
+            out.append(f"{key}: {reference.get(key)!r} -> {built.get(key)!r}")
+    ref = {r["claim"]: r for r in reference.get("claims", [])}
+    new = {r["claim"]: r for r in built.get("claims", [])}
+    where = reference.get("chapter", "?")
+    out += [f"{where}: claim no longer shown: {c!r}" for c in ref if c not in new]
+    out += [f"{where}: new claim: {c!r}" for c in new if c not in ref]
+    for c in ref.keys() & new.keys():
+        for f in sorted(ref[c].keys() | new[c].keys()):
+            if ref[c].get(f) != new[c].get(f):
+                out.append(f"{where}: {c!r}: {f}: {ref[c].get(f)!r} -> {new[c].get(f)!r}")
+    return out
+
+
+def diff_claim_files(reference: str | Path, built: str | Path) -> list[str]:
+    """:func:`diff_claims` over two folders of ``<chapter>.claims.json`` files (every reference file
+    must have its built counterpart)."""
+    reference, built = Path(reference), Path(built)
+    files = sorted(reference.glob("*.claims.json"))
+    if not files:
+        raise FileNotFoundError(f"no *.claims.json files in {reference}")
+    out = []
+    for f in files:
+        other = built / f.name
+        if not other.is_file():
+            out.append(f"{f.name}: not built (no {other})")
+            continue
+        out += diff_claims(json.loads(f.read_text()), json.loads(other.read_text()))
+    return out

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ..infra.artifacts import ArtifactStore
 from ..infra.timing import format_duration
 
-__all__ = ["Planned", "stored_metadata", "measured_rates", "announce"]
+__all__ = ["Planned", "Plan", "stored_metadata", "measured_rates", "announce"]
 
 ANNOUNCE_SECONDS = 60.0
 
@@ -31,6 +31,26 @@ class Planned:
     arch: str
     images: int
     samples: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planned work of a chapter (what its ``planned_work(profile, ...)`` returns): ``trainings``,
+    the model configs it trains or loads; ``certifications``, its certification logs
+    (:class:`Planned`); ``other``, any other artifact configs it computes (e.g. chapter 3's
+    attack-log configs). Each is kept as a tuple, in the chapter's order.
+    """
+
+    trainings: tuple[Any, ...] = ()
+    certifications: tuple[Planned, ...] = ()
+    other: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("trainings", "certifications", "other"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not all(isinstance(p, Planned) for p in self.certifications):
+            raise TypeError("a Plan's certifications are Planned items")
+
 
 
 def model_arch(model: dict[str, Any]) -> str | None:

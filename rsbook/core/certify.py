@@ -20,12 +20,14 @@ import torch
 from scipy.stats import binomtest
 
 from .bounds import clopper_pearson_lower, clopper_pearson_upper
+from .certificate import ABSTAIN, Certificate
 from .engine import Engine, Item, as_noise
 from .noise import Noise
 from .sequential import Sequential, SequentialCertificate, certify_sequential
 
 __all__ = [
     "ABSTAIN",
+    "Certificate",
     "Smooth",
     "certificate",
     "certificate_given",
@@ -35,28 +37,29 @@ __all__ = [
     "clopper_pearson_upper",
 ]
 
-ABSTAIN = -1
-
-
-def certificate(counts0: np.ndarray, counts: np.ndarray, alpha: float, noise: Noise) -> tuple[int, float]:
+def certificate(counts0: np.ndarray, counts: np.ndarray, alpha: float, noise: Noise, key: Any = None) -> Certificate:
     """CERTIFY's decision from selection counts ``counts0`` and independent estimation counts.
 
-    ``c_A = argmax counts0``; then :func:`certificate_given` on the estimation counts.
+    ``c_A = argmax counts0``; then :func:`certificate_given` on the estimation counts, with the
+    guarantee ``"fixed noise"`` and the selection samples counted.
     """
-    return certificate_given(int(np.argmax(counts0)), counts, alpha, noise)
+    c = certificate_given(int(np.argmax(counts0)), counts, alpha, noise, key)
+    selection = int(np.sum(counts0))
+    return Certificate(c.prediction, c.radius, noise, c.p_lower, c.samples + selection, selection, "fixed noise", key)
 
 
-def certificate_given(c_a: int, counts: np.ndarray, alpha: float, noise: Noise) -> tuple[int, float]:
-    """The certificate for a class ``c_a`` fixed before ``counts`` were drawn.
+def certificate_given(c_a: int, counts: np.ndarray, alpha: float, noise: Noise, key: Any = None) -> Certificate:
+    """The certificate for a class ``c_a`` fixed before ``counts`` were drawn (guarantee ``"class given"``).
 
-    ``p_lower = clopper_pearson_lower(counts[c_a], sum(counts), alpha)``; ``(ABSTAIN, 0.0)`` if
-    ``p_lower < 1/2``, else ``(c_a, noise.certified_radius(p_lower))``. Valid with probability
-    ``>= 1 - alpha`` as long as ``c_a`` does not depend on these counts.
+    ``p_lower = clopper_pearson_lower(counts[c_a], sum(counts), alpha)``; ``ABSTAIN`` with radius 0
+    if ``p_lower < 1/2``, else ``c_a`` with ``noise.certified_radius(p_lower)``. Valid with
+    probability ``>= 1 - alpha`` as long as ``c_a`` does not depend on these counts.
     """
-    p_lower = clopper_pearson_lower(int(counts[c_a]), int(np.sum(counts)), alpha)
+    n = int(np.sum(counts))
+    p_lower = clopper_pearson_lower(int(counts[c_a]), n, alpha)
     if p_lower < 0.5:
-        return ABSTAIN, 0.0
-    return int(c_a), float(noise.certified_radius(p_lower))
+        return Certificate(ABSTAIN, 0.0, noise, float(p_lower), n, 0, "class given", key)
+    return Certificate(int(c_a), float(noise.certified_radius(p_lower)), noise, float(p_lower), n, 0, "class given", key)
 
 
 def vote(counts: np.ndarray, alpha: float) -> int:
@@ -162,8 +165,24 @@ class Smooth:
         The radius is capped by :meth:`max_radius` (3.20 sigma for Gaussian noise at
         ``n = 1e4``, ``alpha = 0.001``). ``batch_size=None`` picks one automatically.
         """
-        ((_, pred, radius),) = self.certify_many([Item(None, x, generator, noise)], n0, n, alpha, batch_size, planned_images=1)
-        return pred, radius
+        (cert,) = self.certify_many([Item(None, x, generator, noise)], n0, n, alpha, batch_size, planned_images=1)
+        return cert.pair()
+
+    def certificate(
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int | None,
+        generator: torch.Generator | None = None,
+        noise: Noise | tuple[str, float] | float | None = None,
+        c_a: int | None = None,
+    ) -> Certificate:
+        """:meth:`certify` (or, with ``c_a`` given, :meth:`certify_given`) returning the whole
+        :class:`~rsbook.core.certificate.Certificate`: the noise, ``p_lower``, the samples and the guarantee."""
+        (cert,) = self.certify_many([Item(None, x, generator, noise, c_a=c_a)], n0, n, alpha, batch_size, planned_images=1)
+        return cert
 
     def certify_given(
         self,
@@ -181,8 +200,7 @@ class Smooth:
         model at the clean input); ``n`` draws count ``n_A`` and the bound is as in
         :meth:`certify`. Returns ``(ABSTAIN, 0.0)`` or ``(c_a, radius)``.
         """
-        ((_, pred, radius),) = self.certify_many([Item(None, x, generator, noise, c_a=c_a)], 1, n, alpha, batch_size, planned_images=1)
-        return pred, radius
+        return self.certificate(x, 1, n, alpha, batch_size, generator, noise, c_a=c_a).pair()
 
     def certify_many(
         self,
@@ -192,8 +210,9 @@ class Smooth:
         alpha: float,
         batch_size: int | None,
         planned_images: int | None = None,
-    ) -> Iterator[tuple[Any, int, float]]:
-        """CERTIFY for a stream of items; yields ``(key, class, radius)`` in input order.
+    ) -> Iterator[Certificate]:
+        """CERTIFY for a stream of items; yields one :class:`~rsbook.core.certificate.Certificate` per
+        item (its ``key`` the item's), in input order.
 
         Each item (an :class:`~rsbook.core.engine.Item` or ``(key, x, generator)``) gets its own
         ``n0`` selection and ``n`` estimation draws from its own generator and its own noise
@@ -213,11 +232,7 @@ class Smooth:
 
         planned = None if planned_images is None else planned_images * (n0 + n)  # lets batch_size=None skip a pointless sweep
         for (key, c_a, noise), counts in self.engine.counts(prepared(), (n0, n), batch_size, planned):
-            if c_a is None:
-                pred, radius = certificate(counts[0], counts[1], alpha, noise)
-            else:
-                pred, radius = certificate_given(c_a, counts[0], alpha, noise)
-            yield key, pred, radius
+            yield certificate(counts[0], counts[1], alpha, noise, key) if c_a is None else certificate_given(c_a, counts[0], alpha, noise, key)
 
     def certify_sequential(
         self,

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .certify import ABSTAIN
+from .certificate import ABSTAIN
 
 __all__ = ["certified_accuracy", "certified_at", "acr", "abstain_rate", "clean_accuracy", "envelope", "summary"]
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-__all__ = ["Noise", "Gaussian", "Laplace", "Uniform", "make_noise", "NOISES"]
+__all__ = ["Noise", "Gaussian", "Laplace", "Uniform", "make_noise", "NOISES", "row_levels"]
 
 
 def _check_sigma(sigma: float) -> float:
@@ -66,6 +66,10 @@ class Noise:
         """The inverse of :meth:`certified_radius`: the ``p`` whose radius is ``radius``
         (a certificate at ``radius`` needs a lower bound strictly above it)."""
         raise NotImplementedError
+
+    def at(self, sigma: float) -> "Noise":
+        """The same family at level ``sigma``."""
+        return type(self)(sigma)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sigma={self.sigma:g})"
@@ -165,3 +169,14 @@ def make_noise(name: str, sigma: float) -> Noise:
     if cls is None:
         raise ValueError(f"unknown noise {name!r}; choose one of {sorted(NOISES)}")
     return cls(sigma)
+
+
+def row_levels(sigma: torch.Tensor | float, ndim: int, repeats: int = 1) -> torch.Tensor | float:
+    """``sigma`` shaped to scale a batch of ``ndim`` dimensions row by row: a float stays a float; a
+    ``(B,)`` tensor (one level per input) becomes ``(B * repeats, 1, ..., 1)``, input ``b``'s level on
+    its ``repeats`` consecutive rows. The one place per-row noise levels are laid out (reparameterized
+    draws ``unit * sigma`` stay differentiable in ``sigma``)."""
+    if isinstance(sigma, torch.Tensor) and sigma.dim() > 0:
+        s = sigma.reshape(-1)
+        return (s.repeat_interleave(repeats) if repeats > 1 else s).view(-1, *([1] * (ndim - 1)))
+    return sigma

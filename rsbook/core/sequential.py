@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from scipy.special import betaln, xlog1py, xlogy
 
+from .certificate import ABSTAIN, Certificate
 from .engine import Engine, Item, as_noise
 from .noise import Noise
 
@@ -68,7 +69,6 @@ __all__ = [
     "naive_stop",
 ]
 
-ABSTAIN = -1
 _LOG_SLACK = 1e-9  # a point is excluded only with this much wealth to spare: float error in betaln cannot un-round L_n
 
 
@@ -179,22 +179,17 @@ class Sequential:
 
 
 @dataclass(frozen=True)
-class SequentialCertificate:
-    """The outcome for one input.
+class SequentialCertificate(Certificate):
+    """The outcome for one input: a :class:`~rsbook.core.certificate.Certificate` with the guarantee
+    ``"sequential"``, plus the decision ``certified[i]`` at each ``radii[i]``.
 
     ``prediction`` is ``c_A`` or ``ABSTAIN`` (not certified at radius 0); ``radius`` the radius
-    of ``lower`` (0 when abstaining); ``lower`` the running maximum of ``L_n`` at the stop;
-    ``samples`` the estimation samples used (selection samples not included);
-    ``certified[i]`` the decision at ``radii[i]``.
+    of ``p_lower`` (0 when abstaining); ``p_lower`` the running maximum of ``L_n`` at the stop;
+    ``samples`` every forward pass (``selection`` of them choosing ``c_A``; ``estimation`` the rest).
     """
 
-    key: Any
-    prediction: int
-    radius: float
-    lower: float
-    samples: int
-    radii: tuple[float, ...]
-    certified: tuple[bool, ...]
+    radii: tuple[float, ...] = ()
+    certified: tuple[bool, ...] = ()
 
 
 @dataclass
@@ -204,6 +199,7 @@ class _State:
     generator: torch.Generator | None
     noise: Noise
     c_a: int | None
+    selection: int  # samples spent choosing c_A (0 when it was given, or not drawn yet)
     thresholds: np.ndarray
     need: np.ndarray  # S needed at n_max per radius (n_max + 1: unreachable)
     s: int = 0
@@ -253,7 +249,7 @@ def certify_sequential(
     def state(item: Item) -> _State:
         noise = as_noise(item.noise, default_noise or engine.noise, where=f"item {item.key!r}, field 'noise'")
         t, need = thresholds(noise)
-        st = _State(item.key, item.x, item.generator, noise, item.c_a, t, need,
+        st = _State(item.key, item.x, item.generator, noise, item.c_a, 0, t, need,
                     decided=np.zeros(len(radii), bool), certified=np.zeros(len(radii), bool))
         _update(st)  # radii beyond the cap are decided before any sample
         return st
@@ -287,7 +283,8 @@ def certify_sequential(
     def result(st: _State) -> SequentialCertificate:
         pred = st.c_a if st.certified[0] else ABSTAIN
         radius = max(float(st.noise.certified_radius(st.lower)), 0.0) if st.certified[0] else 0.0
-        return SequentialCertificate(st.key, int(pred), radius, st.lower, st.n, seq.radii, tuple(bool(c) for c in st.certified))
+        return SequentialCertificate(int(pred), radius, st.noise, st.lower, st.n + st.selection, st.selection, "sequential", st.key,
+                                     seq.radii, tuple(bool(c) for c in st.certified))
 
     it = iter(items)
     order: deque[_State] = deque()  # every state not yet handed out, in input order
@@ -328,6 +325,7 @@ def certify_sequential(
             st = active[j]
             if st.c_a is None:
                 st.c_a = int(np.argmax(counts[0]))
+                st.selection = int(counts[0].sum())
             else:
                 st.s += int(counts[0][st.c_a])
                 st.n += int(counts[0].sum())

@@ -10,6 +10,7 @@ Loading verifies the hash and refuses a corrupt payload.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -34,10 +35,33 @@ class CorruptArtifactError(RuntimeError):
 
 
 def config_dict(config: Any) -> dict[str, Any]:
-    """The config as a JSON-able dict, with its type name under ``"type"``."""
+    """The config as a JSON-able dict, with its type name under ``"type"``.
+
+    Nested dataclasses become dicts (as :func:`dataclasses.asdict`). A field declared with
+    ``metadata={"config_fields": f}`` is written as the fields ``f(value)`` returns, in its place:
+    a config that holds a ``Noise`` object writes it as ``noise: <name>, sigma: <sigma>``, the
+    two fields such configs had before, so their keys do not change.
+    """
     if not (dataclasses.is_dataclass(config) and not isinstance(config, type)):
         raise TypeError(f"an artifact config must be a dataclass instance, got {type(config).__name__}")
-    return {"type": type(config).__name__, **dataclasses.asdict(config)}
+    return {"type": type(config).__name__, **_plain(config)}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            if "config_fields" in f.metadata:
+                out.update(f.metadata["config_fields"](v))
+            else:
+                out[f.name] = _plain(v)
+        return out
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return copy.deepcopy(value)
 
 
 def config_key(config: Any) -> str:

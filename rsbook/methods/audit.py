@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..core.certify import ABSTAIN
+from ..core.certificate import ABSTAIN
 
 __all__ = ["first_wrong_on_grid", "audit_counts"]
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.noise import make_noise
+from ..core.noise import Noise, row_levels
 from .step import Batch
 
 __all__ = ["SigmaRule", "FixedSigma", "UniformSigma", "GridSigma", "PerSampleSigma", "perturb", "NoiseAugmentedCE"]
@@ -74,18 +74,21 @@ class PerSampleSigma(SigmaRule):
         return self.table.to(batch.x.device)[batch.index.to(batch.x.device)]
 
 
-def perturb(x: torch.Tensor, noise: str, sigma: torch.Tensor | float, generator: torch.Generator) -> torch.Tensor:
-    """``x + eps`` with ``eps`` of the named noise at level ``sigma`` (a float, or one level per image).
+def perturb(x: torch.Tensor, noise: Noise, generator: torch.Generator | None, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
+    """``x + eps`` with ``eps`` from ``noise``, or from its family at level ``sigma`` (a float, or one
+    level per image).
 
-    A float draws ``noise(sigma)`` directly (bit for bit Cohen et al.'s ``randn * sigma``); per-
-    image levels scale unit-sigma draws. ``sigma = 0`` returns ``x``.
+    A single level draws the noise directly (bit for bit Cohen et al.'s ``randn * sigma``); per-
+    image levels scale unit-level draws (:func:`~rsbook.core.noise.row_levels`). ``sigma = 0`` returns ``x``.
     """
+    if sigma is None:
+        return x + noise.sample(x.shape, generator=generator, device=x.device)
     if isinstance(sigma, (int, float)):
         if sigma == 0:
             return x
-        return x + make_noise(noise, sigma).sample(x.shape, generator=generator, device=x.device)
-    unit = make_noise(noise, 1.0).sample(x.shape, generator=generator, device=x.device)
-    return x + unit * sigma.view(-1, *([1] * (x.dim() - 1)))
+        return x + noise.at(sigma).sample(x.shape, generator=generator, device=x.device)
+    unit = noise.at(1.0).sample(x.shape, generator=generator, device=x.device)
+    return x + unit * row_levels(sigma, x.dim())
 
 
 class NoiseAugmentedCE:
@@ -94,15 +97,16 @@ class NoiseAugmentedCE:
     Metrics: ``noisy_train_acc`` (accuracy on the noisy batch).
     """
 
-    def __init__(self, noise: str, rule: SigmaRule):
-        make_noise(noise, 1.0)  # validate the name now
+    def __init__(self, noise: Noise, rule: SigmaRule):
+        if not isinstance(noise, Noise):
+            raise TypeError(f"noise must be a Noise (its family is used, at the rule's levels), got {noise!r}")
         self.noise, self.rule = noise, rule
 
     def __repr__(self) -> str:
-        return f"NoiseAugmentedCE({self.noise!r}, {self.rule!r})"
+        return f"NoiseAugmentedCE({self.noise.name!r}, {self.rule!r})"
 
     def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator):
         sigma = self.rule.sigmas(batch, generator)
-        logits = model(perturb(batch.x, self.noise, sigma, generator))
+        logits = model(perturb(batch.x, self.noise, generator, sigma))
         loss = F.cross_entropy(logits, batch.y)
         return loss, {"noisy_train_acc": (logits.argmax(1) == batch.y).sum().item() / len(batch.y)}

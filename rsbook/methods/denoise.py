@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.noise import Gaussian, Noise
 from .step import Batch
 from .augment import perturb
 
@@ -221,11 +222,11 @@ class DenoisingScoreMatching:
 class DenoiserMSE:
     """Training step for a denoiser ``D(y, sigma)``: ``mean || D(x + eps, sigma) - x ||^2`` per image."""
 
-    def __init__(self, noise: str = "gaussian", sigma: float = 0.25):
-        self.noise, self.sigma = noise, float(sigma)
+    def __init__(self, noise: Noise = Gaussian(0.25)):
+        self.noise, self.sigma = noise, float(noise.sigma)
 
     def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator):
-        y = perturb(batch.x, self.noise, self.sigma, generator)
+        y = perturb(batch.x, self.noise, generator)
         out = model(y, torch.full((y.shape[0],), self.sigma, device=y.device))
         return (out - batch.x).flatten(1).pow(2).sum(1).mean(), {}
 
@@ -233,26 +234,26 @@ class DenoiserMSE:
 class DenoiserStability:
     """Training step for a denoiser: ``CE(f(D(x + eps)), argmax f(x))`` with ``f`` frozen (no labels)."""
 
-    def __init__(self, classifier: nn.Module, noise: str = "gaussian", sigma: float = 0.25):
+    def __init__(self, classifier: nn.Module, noise: Noise = Gaussian(0.25)):
         self.classifier = classifier.eval().requires_grad_(False)
-        self.noise, self.sigma = noise, float(sigma)
+        self.noise, self.sigma = noise, float(noise.sigma)
 
     def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator):
         with torch.no_grad():
             target = self.classifier(batch.x).argmax(1)
-        y = perturb(batch.x, self.noise, self.sigma, generator)
+        y = perturb(batch.x, self.noise, generator)
         logits = self.classifier(model(y, torch.full((y.shape[0],), self.sigma, device=y.device)))
         return F.cross_entropy(logits, target), {"agreement": (logits.argmax(1) == target).sum().item() / len(target)}
 
 
 @torch.no_grad()
-def denoising_psnr(denoiser: nn.Module, x: torch.Tensor, sigma: float, noise: str = "gaussian",
-                   generator: torch.Generator | None = None, batch_size: int = 250) -> float:
+def denoising_psnr(denoiser: nn.Module, x: torch.Tensor, noise: Noise, generator: torch.Generator | None = None,
+                   batch_size: int = 250) -> float:
     """Mean PSNR (dB, peak 1) of ``D(x + eps, sigma)`` against clean ``x`` (images in [0, 1]):
-    ``mean_i 10 log10(1 / MSE_i)``, ``eps`` of the named noise with std ``sigma``."""
-    out = []
+    ``mean_i 10 log10(1 / MSE_i)``, ``eps`` drawn from ``noise`` (std ``sigma``)."""
+    out, sigma = [], noise.sigma
     for chunk in x.split(batch_size):
-        y = perturb(chunk, noise, float(sigma), generator)
+        y = perturb(chunk, noise, generator)
         d = denoiser(y, torch.full((y.shape[0],), float(sigma), device=y.device))
         mse = (d - chunk).flatten(1).pow(2).mean(1)
         out.append(10 * torch.log10(1.0 / mse))

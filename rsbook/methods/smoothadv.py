@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.noise import make_noise
+from ..core.noise import Gaussian, Noise
 from .step import Batch
 from .attacks import l2_pgd
 
@@ -23,20 +23,20 @@ __all__ = ["SmoothAdv"]
 class SmoothAdv:
     """Training step: SmoothAdv-PGD (see the module docstring). Metrics: accuracy on the noisy adversarial copies."""
 
-    def __init__(self, noise: str = "gaussian", sigma: float = 0.25, m: int = 1, eps: float = 0.5, steps: int = 4,
-                 step_size: float | None = None):
-        make_noise(noise, sigma)
+    def __init__(self, noise: Noise = Gaussian(0.25), m: int = 1, eps: float = 0.5, steps: int = 4, step_size: float | None = None):
+        if not isinstance(noise, Noise):
+            raise TypeError(f"noise must be a Noise (e.g. Gaussian(0.25)), got {noise!r}")
         if m < 1:
             raise ValueError(f"m must be >= 1, got {m}")
-        self.noise, self.sigma, self.m, self.eps, self.steps, self.step_size = noise, float(sigma), int(m), float(eps), int(steps), step_size
+        self.noise, self.m, self.eps, self.steps, self.step_size = noise, int(m), float(eps), int(steps), step_size
 
     def __repr__(self) -> str:
-        return f"SmoothAdv({self.noise!r}, sigma={self.sigma}, m={self.m}, eps={self.eps}, steps={self.steps})"
+        return f"SmoothAdv({self.noise!r}, m={self.m}, eps={self.eps}, steps={self.steps})"
 
     def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator):
         x, y, m = batch.x, batch.y, self.m
         shape = (x.shape[0] * m, *x.shape[1:])
-        noise = make_noise(self.noise, self.sigma).sample(shape, generator=generator, device=x.device)
+        noise = self.noise.sample(shape, generator=generator, device=x.device)
         y_rep = y.repeat_interleave(m)
 
         def soft_nll(x_adv: torch.Tensor) -> torch.Tensor:

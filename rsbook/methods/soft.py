@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core.noise import make_noise
+from ..core.noise import Gaussian, Noise, row_levels
 
 __all__ = ["SoftSmoothed", "SoftSmoothedLogits", "FixedNoiseSoft", "noisy_copies"]
 
@@ -24,24 +24,24 @@ __all__ = ["SoftSmoothed", "SoftSmoothedLogits", "FixedNoiseSoft", "noisy_copies
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def noisy_copies(x: torch.Tensor, m: int, noise: str, sigma: torch.Tensor | float, generator: Generators) -> torch.Tensor:
-    """``(B*m, ...)``: ``m`` copies of each input plus unit noise scaled by that input's ``sigma``.
+def noisy_copies(x: torch.Tensor, m: int, noise: Noise, generator: Generators, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
+    """``(B*m, ...)``: ``m`` copies of each input plus unit-level draws of ``noise``'s family scaled by
+    that input's level (``sigma``: a float or one per input; default ``noise.sigma``).
 
     Rows ``b*m ... b*m + m - 1`` belong to input ``b``. Differentiable in ``x`` and ``sigma``.
     ``generator`` is one generator for the batch, or one per input (input ``b`` draws its ``m``
     copies from ``generator[b]``, so its noise does not depend on the other inputs of the batch).
     """
     rep = x.repeat_interleave(m, dim=0)
-    unit_noise = make_noise(noise, 1.0)
+    unit_noise = noise.at(1.0)
+    sigma = noise.sigma if sigma is None else sigma
     if isinstance(generator, Sequence):
         if len(generator) != x.shape[0]:
             raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]} inputs; give one per input")
         unit = torch.cat([unit_noise.sample((m, *x.shape[1:]), generator=g, device=x.device) for g in generator])
     else:
         unit = unit_noise.sample(rep.shape, generator=generator, device=x.device)
-    if isinstance(sigma, torch.Tensor) and sigma.dim() > 0:
-        sigma = sigma.reshape(-1).repeat_interleave(m).view(-1, *([1] * (x.dim() - 1)))
-    return rep + unit * sigma
+    return rep + unit * row_levels(sigma, x.dim(), repeats=m)
 
 
 class SoftSmoothed(nn.Module):
@@ -49,8 +49,7 @@ class SoftSmoothed(nn.Module):
 
     Args:
         model: the base classifier ``f`` (logits).
-        noise: the noise family (``gaussian``, ``laplace``, ``uniform``).
-        sigma: the default level; ``forward(x, sigma=...)`` may give one per input.
+        noise: the noise and its default level; ``forward(x, sigma=...)`` may give one per input.
         m: noise draws per input.
         tau: softmax temperature.
 
@@ -58,19 +57,25 @@ class SoftSmoothed(nn.Module):
     cross-entropy loss (``nll_loss``).
     """
 
-    def __init__(self, model: nn.Module, noise: str = "gaussian", sigma: float = 0.25, m: int = 16, tau: float = 1.0):
+    def __init__(self, model: nn.Module, noise: Noise = Gaussian(0.25), m: int = 16, tau: float = 1.0):
         super().__init__()
         if m < 1 or tau <= 0:
             raise ValueError(f"m must be >= 1 and tau > 0, got m={m}, tau={tau}")
-        make_noise(noise, sigma)
-        self.model, self.noise, self.sigma, self.m, self.tau = model, noise, sigma, int(m), float(tau)
+        if not isinstance(noise, Noise):
+            raise TypeError(f"noise must be a Noise (e.g. Gaussian(0.25)), got {noise!r}")
+        self.model, self.noise, self.m, self.tau = model, noise, int(m), float(tau)
         self.generator: Generators = None  # set it for reproducible draws (one, or one per input of the next batches)
 
+    @property
+    def sigma(self) -> float:
+        """The default noise level."""
+        return self.noise.sigma
+
     def extra_repr(self) -> str:
-        return f"noise={self.noise!r}, sigma={self.sigma}, m={self.m}, tau={self.tau}"
+        return f"noise={self.noise!r}, m={self.m}, tau={self.tau}"
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
-        noisy = noisy_copies(x, self.m, self.noise, self.sigma if sigma is None else sigma, self.generator)
+        noisy = noisy_copies(x, self.m, self.noise, self.generator, sigma)
         probs = torch.softmax(self.model(noisy) / self.tau, dim=1)
         return probs.view(x.shape[0], self.m, -1).mean(1)
 
@@ -102,14 +107,14 @@ class FixedNoiseSoft(nn.Module):
     evaluates ``points[j]`` with image ``rows[j]``'s draws and returns the predicted classes.
     """
 
-    def __init__(self, model: nn.Module, noise: str, sigma: float, m: int, generators: Sequence[torch.Generator],
+    def __init__(self, model: nn.Module, noise: Noise, m: int, generators: Sequence[torch.Generator],
                  shape: tuple[int, ...], device: torch.device | str = "cpu"):
         super().__init__()
         if m < 1:
             raise ValueError(f"m must be >= 1, got {m}")
-        unit = make_noise(noise, 1.0)
+        unit = noise.at(1.0)
         self.model, self.m = model, int(m)
-        self.register_buffer("eps", torch.stack([unit.sample((m, *shape), generator=g, device=device) for g in generators]) * sigma)
+        self.register_buffer("eps", torch.stack([unit.sample((m, *shape), generator=g, device=device) for g in generators]) * noise.sigma)
 
     def forward(self, points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         noisy = points.repeat_interleave(self.m, dim=0) + self.eps[rows].flatten(0, 1)

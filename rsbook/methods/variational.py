@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.noise import Gaussian
 from .step import Batch
 from .augment import perturb
 from .soft import SoftSmoothed, noisy_copies
@@ -55,7 +56,7 @@ class SelectorStep:
         if not (sigma_t > 0 and sigma_a >= 0) or (lam is not None and not 0 <= lam <= 1) or n_h < 0:
             raise ValueError("need sigma_t > 0, sigma_a >= 0, lam in [0, 1] (or None) and n_h >= 0")
         self.classifier = classifier.eval().requires_grad_(False)
-        self.soft = SoftSmoothed(self.classifier, "gaussian", sigma_t, m=n_f, tau=tau)
+        self.soft = SoftSmoothed(self.classifier, Gaussian(sigma_t), m=n_f, tau=tau)
         self.sigma_a, self.sigma_t, self.lam, self.n_h, self.sigma_m = float(sigma_a), float(sigma_t), lam, int(n_h), float(sigma_m)
 
     def __repr__(self) -> str:
@@ -68,11 +69,11 @@ class SelectorStep:
         b = x.shape[0]
         sig_a = torch.full((b,), self.sigma_a, device=x.device)
         if self.n_h:
-            noisy = noisy_copies(x, self.n_h, "gaussian", self.sigma_m, generator)
+            noisy = noisy_copies(x, self.n_h, Gaussian(self.sigma_m), generator)
             out = h(noisy, sig_a.repeat_interleave(self.n_h), lam.repeat_interleave(self.n_h)).reshape(b, self.n_h)
             # contiguous: torch 2.13's median reads garbage from a stride-0 (expanded) view
             return out.contiguous().median(dim=1).values
-        return h(perturb(x, "gaussian", self.sigma_a, generator), sig_a, lam).reshape(b)
+        return h(perturb(x, Gaussian(1.0), generator, self.sigma_a), sig_a, lam).reshape(b)
 
     def __call__(self, model: nn.Module, batch: Batch, generator: torch.Generator):
         x, y = batch.x, batch.y

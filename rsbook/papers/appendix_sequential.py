@@ -18,23 +18,27 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy.stats import norm
 from torch import nn
 
 from ..infra.artifacts import ArtifactStore
-from ..bench.benchmarks import BenchConfig
+from ..bench.certify import BenchConfig
 from ..book.claims import LEVEL, Check, Claims, greater, proportion
+from ..book.eta import Plan, Planned
 from ..book.profiles import chapter_store, check_profile
 from ..core.bounds import clopper_pearson_lower
 from ..core.certify import Smooth, max_certified_radius
 from ..core.engine import Item
 from ..core.noise import Gaussian
-from ..runs.runner import CertifyConfig
+from ..runs.runner import CertifyConfig, certification_log
 from ..core.sequential import BetaBinomialCS, Sequential, checkpoints, naive_stop
+from ..infra.data import TEST_SIZES, test_subset
 from . import cohen2019
 
-__all__ = ["CHAPTER", "Settings", "settings", "store", "reference_config", "reference_store", "bench_config", "KnownP",
+__all__ = ["CHAPTER", "Settings", "settings", "store", "reference_config", "reference_store", "bench_config", "KINDS",
+           "log_config", "log_store", "certification", "planned_work", "KnownP",
            "boundary_error_rates", "power_table", "stream_bounds", "largest_certified", "passes_per_image", "method_table",
            "agreement_check", "radius_categories", "radius_palette", "pass_ratios", "agreements", "claims", "setting_note"]
 
@@ -103,6 +107,62 @@ def bench_config(profile: str, device: str = "cpu", seed: int = 0) -> BenchConfi
     return BenchConfig(model="cnn4", weights=chapter0_weights(0.25), n=100_000, images=50, device=device, seed=seed)
 
 
+# -- the page's certification logs: chapter 0's CNNs three ways ------------------------------------
+
+#: The page's certifications of each of chapter 0's ``sequential_sigmas`` CNNs, in its order.
+KINDS = ("sequential", "fixed", "reference")
+
+
+def log_config(sigma: float, kind: str, profile: str, seed: int = 0) -> CertifyConfig:
+    """The page's ``kind`` certification of chapter 0's ``sigma`` CNN: chapter 0's ``sequential`` run
+    (:func:`cohen2019.sequential_config`) or its ``fixed``-N run, on chapter 0's test images, or the
+    ``reference`` run (:func:`reference_config`)."""
+    if kind == "reference":
+        return reference_config(sigma, profile, seed)
+    model = cohen2019.cifar_config(sigma, profile, seed=seed)
+    if kind == "sequential":
+        return cohen2019.sequential_config(model, sigma, profile, seed=seed)
+    if kind == "fixed":
+        return cohen2019.certify_config(model, sigma, profile, seed=seed)
+    raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+
+
+def log_store(sigma: float, kind: str, profile: str, seed: int = 0, recompute: bool = False) -> ArtifactStore:
+    """Where the ``kind`` log of :func:`log_config` is stored: chapter 0's store, or for the reference
+    run :func:`reference_store`."""
+    if kind == "reference":
+        return reference_store(reference_config(sigma, profile, seed), profile, recompute)
+    log_config(sigma, kind, profile, seed)  # checks the kind
+    return cohen2019.store(profile, recompute)
+
+
+def certification(sigma: float, kind: str, profile: str, device: torch.device | str = "cpu", progress: bool = True,
+                  seed: int = 0, recompute: bool = False) -> pd.DataFrame:
+    """The page's ``kind`` log (:data:`KINDS`, :func:`log_config`) of chapter 0's ``sigma`` CNN (loaded, or
+    computed resumably first and stored in :func:`log_store`), at chapter 0's ``n0``, ``alpha`` and
+    batch size, with chapter 0's one :class:`~rsbook.core.certify.Smooth` of the model (:func:`cohen2019.smooth`)."""
+    ch0 = cohen2019.store(profile, recompute)
+    if kind != "reference":
+        log_config(sigma, kind, profile, seed)  # checks the kind
+        return cohen2019.certification(cohen2019.cifar_config(sigma, profile, seed=seed), sigma, profile, ch0, device, progress,
+                                       seed=seed, sequential=kind == "sequential")
+    cfg = reference_config(sigma, profile, seed)
+    return certification_log(cfg, cohen2019.smooth(cfg.model, ch0, device, progress), test_subset("cifar10", cfg.every),
+                             reference_store(cfg, profile, recompute), batch_size=cohen2019.settings(profile).certify_batch,
+                             progress=progress)
+
+
+def planned_work(profile: str, seed: int = 0, device: str = "cpu") -> Plan:
+    """The page's planned work: chapter 0's CNNs it loads (``trainings``; trained into chapter 0's store
+    if absent), its reference logs (``certifications``; chapter 0's sequential and fixed-N logs are in
+    chapter 0's plan) and its ``rsbook bench sequential`` run (``other``, :func:`bench_config`)."""
+    sigmas = cohen2019.settings(profile).sequential_sigmas
+    refs = [reference_config(sg, profile, seed) for sg in sigmas]
+    certs = [Planned(cfg, cfg.model.arch, -(-TEST_SIZES["cifar10"] // cfg.every)) for cfg in refs]  # ceil
+    return Plan(trainings=[cohen2019.cifar_config(sg, profile, seed=seed) for sg in sigmas], certifications=certs,
+                other=[bench_config(profile, device, seed)])
+
+
 # -- synthetic classifiers with a known p_A ------------------------------------------------------
 
 
@@ -145,7 +205,7 @@ def boundary_error_rates(p: float, alpha: float, n_max: int, runs: int, seed: in
     fixed = clopper_pearson_lower(rng.binomial(n_max, p, size=runs), n_max, alpha) > p
     return {"p": p, "alpha": alpha, "runs": runs, "n_max": n_max, "looks": len(marks),
             "sequence": float(np.mean([c.certified[-1] for c in out])), "naive": float(np.mean(naive)),
-            "fixed": float(np.mean(fixed)), "sequence_samples": float(np.mean([c.samples for c in out]))}
+            "fixed": float(np.mean(fixed)), "sequence_samples": float(np.mean([c.estimation for c in out]))}
 
 
 def power_table(ps: tuple[float, ...], sigma: float, radii: tuple[float, ...], n_max: int, alpha: float, runs: int,
@@ -160,8 +220,8 @@ def power_table(ps: tuple[float, ...], sigma: float, radii: tuple[float, ...], n
         items = [Item(i, x, torch.Generator().manual_seed((seed << 40) + (k << 20) + i)) for i in range(runs)]
         out = list(smooth.certify_sequential_many(items, n0, n_max, alpha, 16_384, seq, window=runs))
         certified = np.array([c.certified for c in out]).mean(axis=0)
-        rows.append({"p_A": p, "mean samples": n0 + float(np.mean([c.samples for c in out])),
-                     "max samples": n0 + int(max(c.samples for c in out)), "fixed N": n0 + n_max,
+        rows.append({"p_A": p, "mean samples": n0 + float(np.mean([c.estimation for c in out])),
+                     "max samples": n0 + int(max(c.estimation for c in out)), "fixed N": n0 + n_max,
                      **{f"certified at {r:g}": c for r, c in zip(seq.radii, certified)},
                      "true radius": sigma * float(norm.ppf(p)) if p < 1 else float("inf")})
     return rows

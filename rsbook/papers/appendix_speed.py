@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Callable
 
 from ..infra.artifacts import ArtifactStore
-from ..bench.benchmarks import BenchConfig, ContentionError, DenoisedBenchConfig, is_contended, write_json
+from ..bench.certify import BenchConfig
+from ..bench.common import write_json
+from ..bench.denoised import DenoisedBenchConfig
+from ..bench.load import ContentionError, is_contended
 from ..book.claims import Check, Claims, exact
+from ..book.eta import Plan
 from ..book.profiles import TEMPORARY_PROFILES, check_profile
 from ..infra.paths import repo_root
 from . import cohen2019
 
-__all__ = ["CHAPTER", "MIXED_SIGMAS", "chapter0_weights", "runs", "denoised_runs", "scaleout_results", "scaleout_live", "gpu_rates",
+__all__ = ["CHAPTER", "MIXED_SIGMAS", "chapter0_weights", "runs", "denoised_runs", "planned_work", "scaleout_results", "scaleout_live", "gpu_rates",
            "projected_paper_hours", "SCALEOUT_GPUS", "TARGET_RULE", "measured_on", "same_machine", "same_machine_words",
            "machines_sentence", "machine_load", "target_check", "target_words", "summary_table", "targets_table", "speedup_factors",
            "denoised_summary", "cpu_pair", "stored_result", "machines_note", "cpu_features_text", "speedup_note", "ENGINE_TARGET", "PAGE", "claims"]
@@ -92,11 +96,18 @@ def denoised_runs(profile: str, device: str = "cpu", seed: int = 0) -> list[Deno
     return [dataclasses.replace(base, classifier="cifar_resnet110", n=10_000, images=4, repeats=3, compile="auto")]
 
 
+def planned_work(profile: str, device: str = "cpu", seed: int = 0) -> Plan:
+    """The page's stored benchmark runs as a plan: the ``bench certify`` runs (:func:`runs`) and the
+    ``bench denoised`` runs (:func:`denoised_runs`) under ``other``, in the page's order. No model is
+    trained and no certification log is stored here (the scale-out runs are not in the plan)."""
+    return Plan(other=[*runs(profile, device, seed), *denoised_runs(profile, device, seed)])
+
+
 def stored_result(cfg: BenchConfig | DenoisedBenchConfig, bench: Callable[..., dict], store: ArtifactStore, profile: str,
                   allow_busy: bool = False) -> dict:
     """The benchmark's result for ``cfg``: loaded from ``store``, or measured now by ``bench(cfg)``
-    (:func:`rsbook.bench.benchmarks.bench_certify` or :func:`~rsbook.bench.benchmarks.bench_denoised`). A run measured on a
-    busy machine raises :class:`~rsbook.bench.benchmarks.ContentionError` instead of going into the committed
+    (:func:`rsbook.bench.certify.bench_certify` or :func:`~rsbook.bench.denoised.bench_denoised`). A run measured on a
+    busy machine raises :class:`~rsbook.bench.load.ContentionError` instead of going into the committed
     store, unless ``allow_busy``; ``smoke`` and ``dry_run`` only show it."""
 
     def compute(out, work):
@@ -171,7 +182,7 @@ def projected_paper_hours(rates: dict[str, tuple[float, str]], gpus: tuple[int, 
     rows = []
     for name, mod in (("0 (Cohen et al.)", cohen2019), ("1 (denoised smoothing)", score_denoising),
                       ("3 (HeatSmoothing)", heat_smoothing)):
-        certs = mod.planned_work("paper")[1]
+        certs = mod.planned_work("paper").certifications
         counted = [p for p in certs if p.arch in rates]
         row = {"chapter": name, "logs": f"{len(counted)} of {len(certs)}",
                "forward passes": sum(p.images * _samples(p) for p in counted)}

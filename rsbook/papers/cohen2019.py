@@ -17,18 +17,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..infra.artifacts import ArtifactStore
+from ..infra.artifacts import ArtifactStore, config_key
 from ..book.claims import Check, Claims, Estimate, greater, proportion
-from ..book.eta import Planned, announce
+from ..book.eta import Plan, Planned, announce
 from ..book.profiles import chapter_store, check_profile
-from ..infra.data import TEST_SIZES, TRAIN_SIZES
-from ..core.certify import max_certified_radius
+from ..infra.data import TEST_SIZES, TRAIN_SIZES, test_subset
+from ..core.certify import Smooth, max_certified_radius
 from ..core.metrics import certified_accuracy, certified_at, clean_accuracy, envelope
 from ..core.noise import Gaussian
-from ..runs.runner import CertifyConfig
+from ..runs.runner import CertifyConfig, certification_log
 from ..core.sequential import Sequential
 from ..models.classifiers import for_inference
-from ..training.classifier import TrainConfig, trained_model
+from ..training.classifier import TrainConfig
+from ..training.stored import trained
+from .common import smooth_for
 
 __all__ = [
     "CHAPTER",
@@ -42,6 +44,8 @@ __all__ = [
     "grid_every",
     "planned_work",
     "announce_work",
+    "smooth",
+    "certification",
     "cifar_model",
     "COHEN_CIFAR10",
     "COHEN_SOURCE",
@@ -145,7 +149,7 @@ def certify_config(model: TrainConfig, sigma: float, profile: str, n: int = 0, e
     """The certification of ``model`` smoothed with Gaussian ``sigma`` at ``profile`` (``n`` and
     ``every`` override the profile's when non-zero)."""
     s = settings(profile)
-    return CertifyConfig(model=model, sigma=sigma, n0=s.n0, n=n or s.n, alpha=s.alpha, dataset=model.dataset,
+    return CertifyConfig(model=model, noise=Gaussian(sigma), n0=s.n0, n=n or s.n, alpha=s.alpha, dataset=model.dataset,
                          every=every or s.every, seed=seed)
 
 
@@ -155,7 +159,7 @@ def sequential_config(model: TrainConfig, sigma: float, profile: str, n_max: int
     paper's table radii (:data:`COHEN_RADII`) with at most ``n_max`` (default: the profile's,
     the paper's N) estimation samples per image."""
     s = settings(profile)
-    return CertifyConfig(model=model, sigma=sigma, n0=s.n0, n=n_max or s.n_max, alpha=s.alpha, dataset=model.dataset,
+    return CertifyConfig(model=model, noise=Gaussian(sigma), n0=s.n0, n=n_max or s.n_max, alpha=s.alpha, dataset=model.dataset,
                          every=every or s.every, seed=seed, sequential=SEQUENTIAL)
 
 
@@ -165,7 +169,7 @@ def grid_every(profile: str, every: int = 0) -> int:
     return max(s.grid_every, every or s.every)
 
 
-def planned_work(profile: str, n: int = 0, every: int = 0, seed: int = 0) -> tuple[list[TrainConfig], list[Planned]]:
+def planned_work(profile: str, n: int = 0, every: int = 0, seed: int = 0) -> Plan:
     """Every model and certification log the chapter computes at these settings, in its order."""
     s = settings(profile)
     every, grid = every or s.every, grid_every(profile, every)
@@ -179,23 +183,48 @@ def planned_work(profile: str, n: int = 0, every: int = 0, seed: int = 0) -> tup
     # sequential runs stop early: plan them at a tenth of n_max per image (A2 measures 1/20 to 1/30)
     certs += [Planned(sequential_config(fixed[sg], sg, profile, every=every, seed=seed), fixed[sg].arch,
                       images("cifar10", every), samples=s.n0 + s.n_max // 10) for sg in s.sequential_sigmas]
-    return [*fixed.values(), uni, *mnist.values()], certs
+    return Plan(trainings=[*fixed.values(), uni, *mnist.values()], certifications=certs)
 
 
 def announce_work(profile: str, store: ArtifactStore, n: int = 0, every: int = 0, seed: int = 0) -> float | None:
     """Print what this chapter run will compute and about how long it takes (see :mod:`rsbook.book.eta`)."""
-    return announce(store, *planned_work(profile, n, every, seed), full_train=TRAIN_SIZES)
+    plan = planned_work(profile, n, every, seed)
+    return announce(store, plan.trainings, plan.certifications, full_train=TRAIN_SIZES)
 
 
 def load_model(cfg: TrainConfig, store: ArtifactStore, device: torch.device | str = "cpu", progress: bool = True) -> torch.nn.Module:
     """The model for ``cfg`` from ``store`` (trained first if absent), ready for inference."""
-    return for_inference(trained_model(cfg, store, device=device, progress=progress))
+    return for_inference(trained(cfg, store, device, progress))
 
 
 def cifar_model(sigma: float, profile: str, device: torch.device | str = "cpu", mode: str = "fixed", seed: int = 0,
                 progress: bool = True) -> torch.nn.Module:
     """Chapter 0's CIFAR-10 classifier for ``sigma`` at ``profile``, in one call."""
     return load_model(cifar_config(sigma, profile, mode, seed), store(profile), device, progress)
+
+
+def smooth(model: TrainConfig, store: ArtifactStore, device: torch.device | str = "cpu", progress: bool = True,
+           net: torch.nn.Module | None = None) -> Smooth:
+    """The one :class:`Smooth` of chapter 0's model ``model`` (from ``store``) on ``device``, for every
+    certification of it (any sigma, subset, fixed or sequential): :func:`rsbook.papers.common.smooth_for`.
+    ``net`` is the model already loaded (by :func:`load_model`), if it is; else it is loaded on first use."""
+    return smooth_for((CHAPTER, config_key(model), str(store.root), str(device)),
+                      lambda: Smooth(net if net is not None else load_model(model, store, device, progress), 10))
+
+
+def certification(model: TrainConfig, sigma: float, profile: str, store: ArtifactStore, device: torch.device | str = "cpu",
+                  progress: bool = True, n: int = 0, every: int = 0, seed: int = 0, sequential: bool = False,
+                  net: torch.nn.Module | None = None) -> pd.DataFrame:
+    """The certification log of chapter 0's model ``model`` smoothed with Gaussian ``sigma`` (loaded from
+    ``store``, or computed resumably through the engine and stored first), on every ``every``-th test
+    image of the model's data set: :func:`certify_config` at ``n`` samples, or with ``sequential``,
+    :func:`sequential_config` with ``n`` the cap ``n_max`` (``n`` and ``every``: the profile's when 0).
+    One :class:`Smooth` per model (:func:`smooth`; ``net``: the model already loaded, if it is)."""
+    s = settings(profile)
+    cfg = (sequential_config(model, sigma, profile, n, every, seed) if sequential
+           else certify_config(model, sigma, profile, n, every, seed))
+    return certification_log(cfg, smooth(model, store, device, progress, net), test_subset(model.dataset, cfg.every), store,
+                             batch_size=s.certify_batch, progress=progress)
 
 
 # -- published numbers (Cohen et al. 2019), shown beside ours, never used as ours -------------------

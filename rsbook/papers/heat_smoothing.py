@@ -34,17 +34,20 @@ import torch
 from torch import nn
 
 from ..infra.artifacts import ArtifactStore, config_dict, config_key
-from ..book.eta import Planned, announce
+from ..book.eta import Plan, Planned, announce
 from ..book.profiles import chapter_store, check_profile
 from ..core.certify import Smooth
+from ..core.noise import Gaussian
 from ..runs.runner import CertifyConfig, certification_log
 from ..runs.shards import shard_provenance, sharded_table
 from ..infra.data import TEST_SIZES, TRAIN_SIZES, test_subset
 from ..infra.distributed import world
 from ..models.classifiers import for_inference
-from ..training.classifier import TrainConfig, trained_model
-from ..training.finetune import AdvConfig, HeatConfig, trained_finetuned
+from ..training.classifier import TrainConfig
+from ..training.finetune import AdvConfig, HeatConfig
+from ..training.stored import trained
 from . import cohen2019, score_denoising
+from .common import smooth_for
 
 __all__ = [
     "CHAPTER",
@@ -282,10 +285,7 @@ def _store_of(cfg, profile: str) -> ArtifactStore:
 
 
 def _trained(cfg, profile: str, device, progress: bool) -> nn.Module:
-    if isinstance(cfg, TrainConfig):
-        return trained_model(cfg, _store_of(cfg, profile), device=device, progress=progress)
-    return trained_finetuned(cfg, store(profile), lambda: _trained(cfg.base, profile, device, progress), device,
-                             progress=progress)
+    return trained(cfg, _store_of(cfg, profile), device, progress, store_of=lambda c: _store_of(c, profile))
 
 
 def load_model(name: str, profile: str, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True) -> nn.Module:
@@ -301,19 +301,15 @@ def certify_config(name: str, profile: str, seed: int = 0, s: Settings | None = 
     """The certification of model ``name`` at Gaussian sigma = ``s.sigma``: the clean-input class
     (no selection samples) for deterministic models, Cohen's selection with ``n0`` otherwise."""
     s = s or settings(profile)
-    return CertifyConfig(model=model_config(name, profile, seed), sigma=s.sigma, n0=s.n0, n=s.n, alpha=s.alpha,
+    return CertifyConfig(model=model_config(name, profile, seed), noise=Gaussian(s.sigma), n0=s.n0, n=s.n, alpha=s.alpha,
                          dataset="cifar10", every=s.every, seed=seed,
                          selection="clean" if name in DETERMINISTIC else "noise")
 
 
-_SMOOTHS: dict[tuple, Smooth] = {}
-
-
 def _smooth(name: str, profile: str, device, seed: int, progress: bool) -> Smooth:
-    key = (name, profile, str(device), seed)
-    if key not in _SMOOTHS:
-        _SMOOTHS[key] = Smooth(load_model(name, profile, device, seed, progress), 10)
-    return _SMOOTHS[key]
+    """The one :class:`Smooth` of model ``name`` (:func:`rsbook.papers.common.smooth_for`)."""
+    return smooth_for((CHAPTER, name, profile, str(device), seed),
+                      lambda: Smooth(load_model(name, profile, device, seed, progress), 10))
 
 
 def certification(name: str, profile: str, device: torch.device | str = "cpu", progress: bool = True, seed: int = 0,
@@ -344,8 +340,8 @@ class RobustnessConfig:
       ``predict`` with ``audit_n`` draws at ``audit_alpha``) at ``audit_steps`` distances up to
       ``audit_factor`` times the certified radius (:mod:`rsbook.methods.audit`).
 
-    Every image draws its noise from its own generators, seeded by ``(seed, idx)`` and a salt per
-    use, so a row does not depend on the other images and torchrun ranks split the images.
+    Every image draws its noise from its own named streams (:mod:`rsbook.core.streams`), so a row
+    does not depend on the other images and torchrun ranks split the images.
     """
 
     model: TrainConfig | HeatConfig | AdvConfig
@@ -376,10 +372,6 @@ def robustness_config(name: str, profile: str, seed: int = 0, s: Settings | None
                             s.audit_factor, s.audit_alpha)
 
 
-#: Salts of the per-image noise streams of an attack log (seeded by ``seed * 7919 + salt`` and the image).
-_SALT = {"clean": 0, "lbound": 100, "attack": 200, "refine": 300, "audit": 400}
-
-
 def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, radius: dict[int, float], device, progress: bool,
                     positions: list[int] | None = None) -> pd.DataFrame:
     """Per test image (those at ``positions`` of the test subset; all by default): the clean prediction
@@ -387,7 +379,7 @@ def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, rad
     audit's first wrong answer of the certified classifier (``inf``: none within ``audit_factor`` x
     the radius in ``radius``, keyed by image)."""
     from ..core.engine import Item
-    from ..runs.runner import image_generator
+    from ..core.streams import stream
     from ..methods.audit import first_wrong_on_grid
     from ..methods.distances import ATTACKS, adversarial_distances, segment_boundary
     from ..methods.heat import l_bound
@@ -400,7 +392,7 @@ def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, rad
     idx = data.indices[keep].tolist()
 
     def streams(use: str, k: int = 0) -> list[torch.Generator]:
-        return [image_generator(cfg.seed * 7919 + _SALT[use] + k, i, device) for i in idx]
+        return [stream(use, cfg.seed, i, device, k) for i in idx]
 
     clean = streams("clean")
     if cfg.stochastic:
@@ -410,7 +402,7 @@ def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, rad
             pred = model(x).argmax(1).tolist()
     out = pd.DataFrame({"idx": idx, "label": y.tolist(), "clean_pred": pred})
     if cfg.stochastic:
-        big = SoftSmoothed(model, "gaussian", cfg.sigma, m=cfg.lbound_m)
+        big = SoftSmoothed(model, Gaussian(cfg.sigma), m=cfg.lbound_m)
         lb = streams("lbound")
         with torch.no_grad():
             probs = torch.cat([_with(big, lb[j:j + 1], x[j:j + 1]) for j in range(len(x))])
@@ -418,7 +410,7 @@ def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, rad
         with torch.no_grad():
             probs = model(x).softmax(1)
     out["l_bound"] = l_bound(probs, cfg.sigma).tolist()
-    soft = SoftSmoothed(model, "gaussian", cfg.sigma, m=cfg.attack_m)
+    soft = SoftSmoothed(model, Gaussian(cfg.sigma), m=cfg.attack_m)
     attacked = SoftSmoothedLogits(soft) if cfg.stochastic else model
     reach = np.array([cfg.audit_factor * radius.get(i, 0.0) for i in idx])
     for k, name in enumerate(tqdm(ATTACKS, desc="attacks", disable=not progress)):
@@ -430,7 +422,7 @@ def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, rad
         dist, adv = adversarial_distances(attacked, name, x, y, cfg.eps, cfg.steps, batch_size=max(1, 3200 // cfg.attack_m)
                                           if cfg.stochastic else 100, on_batch=batch_noise if cfg.stochastic else None)
         if cfg.stochastic:
-            fixed = FixedNoiseSoft(model, "gaussian", cfg.sigma, cfg.attack_m, streams("refine", k), tuple(x.shape[1:]), device)
+            fixed = FixedNoiseSoft(model, Gaussian(cfg.sigma), cfg.attack_m, streams("refine", k), tuple(x.shape[1:]), device)
             classify = fixed
             chunk = max(1, 4096 // cfg.attack_m)
         else:
@@ -441,7 +433,7 @@ def _robustness_log(cfg: RobustnessConfig, model: nn.Module, smooth: Smooth, rad
         out[f"{name}_refined"] = refined.tolist()
         out[f"{name}_resolution"] = torch.where(torch.isfinite(dist), resolution, torch.zeros_like(resolution)).tolist()
         if cfg.certify is not None:
-            audit_gen = lambda j, step: image_generator(cfg.seed * 7919 + _SALT["audit"] + k, idx[j] * 1000 + step, device)  # noqa: E731
+            audit_gen = lambda j, step: stream("audit", cfg.seed, idx[j], device, k, sub=step)  # noqa: E731
 
             def answer(queries: list[tuple[int, int, torch.Tensor]]) -> list[int]:
                 items = [Item(q, point, audit_gen(j, step)) for q, (j, step, point) in enumerate(queries)]
@@ -697,15 +689,16 @@ def inference_times(deterministic: nn.Module, stochastic: nn.Module, x: torch.Te
 # -- the plan -------------------------------------------------------------------------------------
 
 
-def planned_work(profile: str, seed: int = 0, s: Settings | None = None) -> tuple[list, list[Planned], list[RobustnessConfig]]:
-    """Every model, certification log and attack log the chapter computes, in its order."""
+def planned_work(profile: str, seed: int = 0, s: Settings | None = None) -> Plan:
+    """Every model, certification log and attack log (``other``: :class:`RobustnessConfig`) the chapter
+    computes, in its order."""
     s = s or settings(profile)
     models = [model_config(m, profile, seed) for m in MODELS]
     images = -(-TEST_SIZES["cifar10"] // s.every)
     certs = [Planned(certify_config(m, profile, seed, s), s.arch, images,
                      samples=s.n + (0 if m in DETERMINISTIC else s.n0)) for m in MODELS]
     attacks = [robustness_config(m, profile, seed, s) for m in ATTACKED]
-    return models, certs, attacks
+    return Plan(trainings=models, certifications=certs, other=attacks)
 
 
 def _root(d: dict) -> dict:
@@ -748,7 +741,8 @@ def announce_work(profile: str, seed: int = 0, s: Settings | None = None) -> flo
     from ..infra.timing import format_duration
 
     s = s or settings(profile)
-    models, certs, attacks = planned_work(profile, seed, s)
+    plan = planned_work(profile, seed, s)
+    models, certs, attacks = plan.trainings, plan.certifications, plan.other
     todo = [m for m in models if not _store_of(m, profile).exists(m, "pt")]
     plain = [m for m in todo if isinstance(m, TrainConfig)]
     fine = [m for m in todo if not isinstance(m, TrainConfig)]

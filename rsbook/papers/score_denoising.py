@@ -30,11 +30,11 @@ from torch import nn
 
 from ..infra.artifacts import ArtifactStore, config_key
 from ..book.claims import MARGIN, Check, Claim, Claims, exact, greater, mean, proportion
-from ..book.eta import Planned, announce
+from ..book.eta import Plan, Planned, announce
 from ..book.profiles import chapter_store, check_profile
 from ..core.certify import Smooth, max_certified_radius
 from ..core.metrics import certified_accuracy, clean_accuracy
-from ..core.noise import make_noise
+from ..core.noise import Gaussian, make_noise
 from ..runs.runner import CertifyConfig, certification_log
 from ..infra.data import TEST_SIZES, TRAIN_SIZES, test_subset
 from ..methods import mixture
@@ -42,9 +42,11 @@ from ..methods.denoise import (Anneal, AnnealingDenoiser, Denoised, TweedieDenoi
                                tweedie)
 from ..models.classifiers import for_inference, load_weights
 from ..infra.timing import format_duration
-from ..training.classifier import TrainConfig, trained_model
-from ..training.denoiser import DenoiserConfig, trained_denoiser
+from ..training.classifier import TrainConfig
+from ..training.stored import trained
+from ..training.denoiser import DenoiserConfig
 from . import cohen2019
+from .common import smooth_for
 
 __all__ = [
     "CHAPTER",
@@ -252,7 +254,7 @@ def certify_config(model: Method | TrainConfig, noise: str, sigma: float, profil
     s = s or settings(profile)
     if not every:
         every = s.multi_every if isinstance(model, Method) and model.kind == "multi_step" else s.every
-    return CertifyConfig(model=model, noise=noise, sigma=sigma, n0=s.n0, n=n or s.n, alpha=s.alpha, dataset="cifar10",
+    return CertifyConfig(model=model, noise=make_noise(noise, sigma), n0=s.n0, n=n or s.n, alpha=s.alpha, dataset="cifar10",
                          every=every, seed=seed)
 
 
@@ -264,37 +266,37 @@ def certified_model(m: Method | TrainConfig, noise: str, store: ArtifactStore, d
     annealing denoiser's data term.
     """
     if isinstance(m, TrainConfig):
-        return for_inference(trained_model(m, store, device=device, progress=progress))
+        return for_inference(trained(m, store, device, progress))
     if m.kind == "one_step" and noise != "gaussian":
         raise ValueError(f"the one-step (Tweedie) denoiser is valid for Gaussian noise only, not {noise!r}")
-    clf = for_inference(trained_model(m.classifier, store, device=device, progress=progress))
+    clf = for_inference(trained(m.classifier, store, device, progress))
     if m.kind == "none":
         return clf
-    net = trained_denoiser(m.denoiser, store, device=device, progress=progress).eval().requires_grad_(False)
+    net = trained(m.denoiser, store, device, progress).eval().requires_grad_(False)
     denoiser = {"one_step": lambda: TweedieDenoiser(net), "dncnn": lambda: net,
                 "multi_step": lambda: AnnealingDenoiser(net, noise, m.anneal)}[m.kind]()
     return for_inference(Denoised(denoiser, clf))
-
-
-_SMOOTHS: dict[tuple, Smooth] = {}
 
 
 def certification(m: Method | TrainConfig, noise: str, sigma: float, profile: str, store: ArtifactStore,
                   device: torch.device | str = "cpu", progress: bool = True, every: int = 0, n: int = 0,
                   seed: int = 0, s: Settings | None = None) -> pd.DataFrame:
     """The certification log of ``m`` smoothed with ``noise`` at std ``sigma`` (loaded, or computed
-    resumably through the engine and stored). One :class:`Smooth` per model and noise type."""
+    resumably through the engine and stored). One :class:`Smooth` per model and noise type
+    (:func:`rsbook.papers.common.smooth_for`)."""
     s = s or settings(profile)
     cfg = certify_config(m, noise, sigma, profile, every, n, seed, s)
-    key = (config_key(m), noise, str(device))
-    if key not in _SMOOTHS:
+
+    def build() -> Smooth:
         conditioned = isinstance(m, Method) and m.noise_conditioned
         # a denoised model runs eager: compiling the U-Net gains little on CPU (measured within a few
         # percent) and costs a compilation per model and noise type
-        _SMOOTHS[key] = Smooth(certified_model(m, noise, store, device, progress), 10, noise_conditioned=conditioned,
-                               compile=False if conditioned else None)
+        return Smooth(certified_model(m, noise, store, device, progress), 10, noise_conditioned=conditioned,
+                      compile=False if conditioned else None)
+
+    smooth = smooth_for((CHAPTER, config_key(m), noise, str(device)), build)
     subset = test_subset("cifar10", cfg.every)
-    return certification_log(cfg, _SMOOTHS[key], subset, store, batch_size=s.certify_batch, progress=progress)
+    return certification_log(cfg, smooth, subset, store, batch_size=s.certify_batch, progress=progress)
 
 
 def white_box_gaussian_log(sigma: float, profile: str, device: torch.device | str = "cpu", progress: bool = True,
@@ -326,7 +328,7 @@ def white_box_gaussian_plan(sigma: float, profile: str, seed: int = 0,
     return certify_config(model_cfg, "gaussian", sigma, profile, seed=seed, s=s), store(profile), s.certify_batch
 
 
-def planned_work(profile: str, seed: int = 0, s: Settings | None = None) -> tuple[list, list[Planned]]:
+def planned_work(profile: str, seed: int = 0, s: Settings | None = None) -> Plan:
     """Every model and certification log the chapter computes, in its order."""
     s = s or settings(profile)
     images = lambda k: -(-TEST_SIZES["cifar10"] // k)  # noqa: E731 -- ceil
@@ -346,7 +348,7 @@ def planned_work(profile: str, seed: int = 0, s: Settings | None = None) -> tupl
     for m, nz, sg in certs:
         cfg = certify_config(m, nz, sg, profile, seed=seed, s=s)
         planned.append(Planned(cfg, rate_key(m), images(cfg.every)))
-    return models, planned
+    return Plan(trainings=models, certifications=planned)
 
 
 def rate_key(m: Method | TrainConfig | dict) -> str:
@@ -364,7 +366,8 @@ def rate_key(m: Method | TrainConfig | dict) -> str:
 def announce_work(profile: str, store: ArtifactStore, seed: int = 0, s: Settings | None = None) -> float | None:
     """Print what this chapter run will compute and about how long it takes."""
     s = s or settings(profile)
-    models, certs = planned_work(profile, seed, s)
+    plan = planned_work(profile, seed, s)
+    models, certs = plan.trainings, list(plan.certifications)
     here = store.root
     for sg in s.sigmas:  # white-box smoothing: chapter 0's models, certified here where chapter 0 has no log to reuse
         cfg, st, _ = white_box_gaussian_plan(sg, profile, seed, s)
@@ -728,7 +731,7 @@ def unseen_level_psnr(score: nn.Module, x: torch.Tensor, sigma: float, levels: S
     below, above = max(v for v in levels if v < sigma), min(v for v in levels if v > sigma)
     d = TweedieDenoiser(score)
     gen = lambda: torch.Generator(device).manual_seed(seed)  # noqa: E731
-    psnr = lambda sg, den=d: denoising_psnr(den, x, sg, generator=gen())  # noqa: E731
+    psnr = lambda sg, den=d: denoising_psnr(den, x, Gaussian(float(sg)), generator=gen())  # noqa: E731
     nearest = min((below, above), key=lambda v: abs(math.log(v / sigma)))
     told = lambda y, s: d(y, torch.full_like(s, nearest))  # noqa: E731
     with torch.no_grad():
@@ -744,11 +747,11 @@ def psnr_table(score: nn.Module, dncnns: Mapping[float, nn.Module], x: torch.Ten
         for sg in sigmas:
             gen = lambda: torch.Generator(device).manual_seed(seed)  # noqa: E731
             row = {"sigma": sg, "a training level": "yes" if any(abs(sg - v) < 1e-3 for v in levels) else "no",
-                   "noisy": denoising_psnr(lambda y, s: y, x, sg, generator=gen()),
-                   "one-step": denoising_psnr(TweedieDenoiser(score), x, sg, generator=gen()),
-                   "multi-step": denoising_psnr(AnnealingDenoiser(score, "gaussian", schedule), x, sg, generator=gen())}
+                   "noisy": denoising_psnr(lambda y, s: y, x, Gaussian(float(sg)), generator=gen()),
+                   "one-step": denoising_psnr(TweedieDenoiser(score), x, Gaussian(float(sg)), generator=gen()),
+                   "multi-step": denoising_psnr(AnnealingDenoiser(score, "gaussian", schedule), x, Gaussian(float(sg)), generator=gen())}
             for s2, d in dncnns.items():
-                row[f"DnCNN (trained at {s2:g})"] = denoising_psnr(d, x, sg, generator=gen())
+                row[f"DnCNN (trained at {s2:g})"] = denoising_psnr(d, x, Gaussian(float(sg)), generator=gen())
             rows.append(row)
     return pd.DataFrame(rows).set_index("sigma")
 

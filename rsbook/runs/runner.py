@@ -6,11 +6,16 @@ the image is certified::
     idx  label  predict  radius  correct  time  noise  sigma
 
 (``predict = -1`` when abstaining; ``time`` in seconds since the previous row; ``noise`` and
-``sigma`` the distribution that image was smoothed with; floats at full precision). A
+``sigma`` the distribution that image was smoothed with, from its certificate; floats at full
+precision). Each certifier declares the columns it adds after these (a :class:`LogSchema`): a
 sequential run (:mod:`rsbook.core.sequential`) adds ``samples`` (forward passes of the image,
 selection included), ``lower`` (the confidence sequence's lower bound on ``p_A`` at the stop)
-and one 0/1 column ``cert_<r>`` per decided radius. Logs
-written before the ``noise`` and ``sigma`` columns existed still read (:func:`read_log`).
+and one 0/1 column ``cert_<r>`` per decided radius. Logs written before the ``noise`` and
+``sigma`` columns existed still read (:func:`read_log`).
+
+The noise may differ from image to image: a :class:`CertifyConfig` with a ``noise_rule`` (a
+:class:`NoiseTable`, or any frozen config with ``noise_for(idx, x)``, such as a stored selector)
+gives each image its noise; the rule is part of the config's key.
 A killed run keeps every finished row; the next call skips them and continues. Each image
 draws its noise from its own generator, seeded by ``(seed, idx)``, so a resumed run gives the
 same rows as an uninterrupted one.
@@ -26,6 +31,7 @@ forward pass). A killed rank is resumed by rerunning the same command.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -42,15 +48,21 @@ from ..infra.artifacts import ArtifactStore, atomic_write_text, config_dict, con
 from ..infra.data import ImageDataset
 from ..infra.distributed import barrier, on_rank_zero, shard_positions, world
 from ..infra.timing import format_duration
+from ..core.certificate import Certificate
 from ..core.certify import Smooth
 from ..core.engine import Item, as_noise
-from ..core.noise import Noise
+from ..core.noise import Gaussian, Noise, make_noise
 from ..core.sequential import Sequential
+from ..core.streams import image_generator
 from .shards import (ShardError, finish_shard, foreign_shards, merge_into, read_shard_run, shard_path, shard_provenance, shard_world,
                      shards_record, start_shard)
 
 __all__ = [
     "CertifyConfig",
+    "NoiseTable",
+    "NOISE_FIELD",
+    "LogSchema",
+    "log_schema",
     "LOG_COLUMNS",
     "LEGACY_LOG_COLUMNS",
     "SELECTIONS",
@@ -61,7 +73,6 @@ __all__ = [
     "merge_certification",
     "clean_classes",
     "read_log",
-    "image_generator",
 ]
 
 LEGACY_LOG_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
@@ -75,19 +86,73 @@ NoiseSpec = Noise | tuple[str, float] | float
 PerImage = Callable[[int], Any] | Mapping[int, Any]
 
 
+def _noise_fields(noise: Noise | None) -> dict[str, Any]:
+    """How a config stores its noise: ``noise: <name>, sigma: <sigma>`` (the fields configs held
+    before they held a :class:`~rsbook.core.noise.Noise`, so every stored key stays)."""
+    return {"noise": None, "sigma": None} if noise is None else {"noise": noise.name, "sigma": noise.sigma}
+
+
+def _rule_fields(rule: Any) -> dict[str, Any]:
+    """How a config stores its per-image noise rule: nothing at all without one (so neither a stored
+    key nor a config nesting a CertifyConfig changes), else its type and fields."""
+    if rule is None:
+        return {}
+    return {"noise_rule": config_dict(rule)} if dataclasses.is_dataclass(rule) else {"noise_rule": repr(rule)}
+
+
+#: The metadata of a config field that holds a Noise (see :func:`rsbook.infra.artifacts.config_dict`).
+NOISE_FIELD = {"config_fields": _noise_fields}
+
+
+@dataclass(frozen=True)
+class NoiseTable:
+    """A noise per image, fixed in advance: image ``idx`` is smoothed with ``family`` at ``sigmas[idx]``.
+
+    ``sigmas`` is a tuple of ``(idx, sigma)`` pairs (hashable, so it is part of a config's key).
+    A table chosen by looking at the images' *noise draws* would void the certificates; one chosen
+    from other data (a selector's output, a training run's allocation) keeps them valid per image.
+    """
+
+    family: str
+    sigmas: tuple[tuple[int, float], ...]
+
+    def __post_init__(self) -> None:
+        idx = [int(i) for i, _ in self.sigmas]
+        if len(set(idx)) != len(idx):
+            raise ValueError("NoiseTable: an image appears twice")
+        for _, s in self.sigmas:
+            make_noise(self.family, s)  # validates the family and every sigma
+
+    @classmethod
+    def of(cls, noises: Mapping[int, Noise]) -> "NoiseTable":
+        """A table from ``{idx: Noise}`` (one family)."""
+        families = {n.name for n in noises.values()}
+        if len(families) != 1:
+            raise ValueError(f"a NoiseTable holds one noise family, got {sorted(families)}")
+        return cls(families.pop(), tuple(sorted((int(i), float(n.sigma)) for i, n in noises.items())))
+
+    def noise_for(self, idx: int, x: torch.Tensor | None = None) -> Noise:
+        """Image ``idx``'s noise (``x`` is not read: the table was fixed in advance)."""
+        table = dict(self.sigmas)
+        if idx not in table:
+            raise ValueError(f"the noise table has no entry for image {idx}; it covers {len(table)} images")
+        return make_noise(self.family, table[idx])
+
+
 @dataclass(frozen=True)
 class CertifyConfig:
     """What determines a certification log: the model's config, the noise and the sampling.
 
-    ``selection`` is how the class is chosen: ``noise`` (Cohen et al.: ``n0`` separate noisy
-    samples) or ``clean`` (the base classifier at the clean input, no selection samples; for
+    ``noise`` smooths every image; ``noise=None`` with a ``noise_rule`` gives each image its own
+    (:class:`NoiseTable`, or a frozen config with ``noise_for(idx, x) -> Noise``; see the module
+    docstring). ``selection`` is how the class is chosen: ``noise`` (Cohen et al.: ``n0`` separate
+    noisy samples) or ``clean`` (the base classifier at the clean input, no selection samples; for
     deterministic models such as HeatSmoothing's). With ``sequential`` set, each image is
     certified by the anytime-valid sequential procedure and ``n`` is its ``n_max``.
     """
 
     model: Any  # the (frozen dataclass) config of the certified model
-    noise: str = "gaussian"
-    sigma: float = 0.25
+    noise: Noise | None = field(default=Gaussian(0.25), metadata=NOISE_FIELD)
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
@@ -97,16 +162,63 @@ class CertifyConfig:
     precision: str = field(default="fp32", metadata={"key_omits_default": True})  # of the forward pass
     selection: str = field(default="noise", metadata={"key_omits_default": True})
     sequential: Sequential | None = field(default=None, metadata={"key_omits_default": True})  # then n is n_max
+    noise_rule: Any = field(default=None, metadata={"config_fields": _rule_fields})  # a noise per image (then noise=None)
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
-        as_noise((self.noise, self.sigma), where="CertifyConfig")
+        if (self.noise is None) == (self.noise_rule is None):
+            raise ValueError("CertifyConfig: give either noise (one for every image) or noise_rule (one per image), not both "
+                             f"or neither; got noise={self.noise!r}, noise_rule={type(self.noise_rule).__name__}")
+        if self.noise is not None and not isinstance(self.noise, Noise):
+            raise TypeError(f"CertifyConfig.noise must be a Noise (e.g. Gaussian(0.25)), got {self.noise!r}")
+        if self.noise_rule is not None and not callable(getattr(self.noise_rule, "noise_for", None)):
+            raise TypeError(f"CertifyConfig.noise_rule must have noise_for(idx, x), got {type(self.noise_rule).__name__}")
+
+    @property
+    def sigma(self) -> float:
+        """The noise's sigma (a config with a per-image rule has none)."""
+        if self.noise is None:
+            raise AttributeError("this CertifyConfig gives each image its own noise (noise_rule); it has no single sigma")
+        return self.noise.sigma
+
+    def schema(self) -> "LogSchema":
+        """The columns this run's certifier writes (:func:`log_schema`)."""
+        return log_schema(self.sequential)
 
 
-def image_generator(seed: int, idx: int, device: torch.device | str) -> torch.Generator:
-    """The generator for test image ``idx``: seeded by ``(seed, idx)``, on ``device``."""
-    return torch.Generator(device).manual_seed((int(seed) << 32) + int(idx))
+
+
+@dataclass(frozen=True)
+class LogSchema:
+    """The columns a certifier writes after :data:`LOG_COLUMNS`, and how a certificate fills them.
+
+    ``name`` says which certifier (``fixed``: CERTIFY or class-given, no extra columns;
+    ``sequential``: ``samples``, ``lower``, ``cert_<r>``...).
+    """
+
+    name: str
+    columns: tuple[str, ...] = ()
+
+    @property
+    def header(self) -> str:
+        return "\t".join((*LOG_COLUMNS, *self.columns)) + "\n"
+
+    def fields(self, cert: Certificate) -> str:
+        """The extra fields of ``cert``'s row, each with its leading tab."""
+        if self.name == "fixed":
+            return ""
+        return f"\t{cert.samples}\t{cert.p_lower!r}" + "".join(f"\t{int(v)}" for v in cert.certified)
+
+    @staticmethod
+    def accepts(extra: tuple[str, ...]) -> bool:
+        """Whether ``extra`` are the columns some certifier declares (so :func:`read_log` reads the log)."""
+        return not extra or (extra[:2] == ("samples", "lower") and all(c.startswith("cert_") for c in extra[2:]))
+
+
+def log_schema(sequential: Sequential | None = None) -> LogSchema:
+    """The schema of fixed-N certification (``sequential=None``) or of the sequential certifier."""
+    return LogSchema("fixed") if sequential is None else LogSchema("sequential", sequential_columns(sequential))
 
 
 def sequential_columns(seq: Sequential) -> tuple[str, ...]:
@@ -114,25 +226,21 @@ def sequential_columns(seq: Sequential) -> tuple[str, ...]:
     return ("samples", "lower", *(f"cert_{r:g}" for r in seq.radii))
 
 
-def read_log(path: str | Path, noise: str | None = None, sigma: float | None = None) -> pd.DataFrame:
+def read_log(path: str | Path, noise: Noise | None = None) -> pd.DataFrame:
     """Read a certification log (complete rows only).
 
-    A log from before the ``noise`` and ``sigma`` columns gets them filled from ``noise`` and
-    ``sigma`` (the run's single noise), or left empty if those are not given.
+    A log from before the ``noise`` and ``sigma`` columns gets them filled from ``noise`` (the
+    run's single noise), or left empty if it is not given.
     """
     df = pd.read_csv(path, sep="\t")
     cols = tuple(df.columns)
     if cols == LEGACY_LOG_COLUMNS:
-        df["noise"] = noise
-        df["sigma"] = np.nan if sigma is None else float(sigma)
-    elif cols[: len(LOG_COLUMNS)] != LOG_COLUMNS or not _sequential_extra(cols[len(LOG_COLUMNS):]):
+        df["noise"] = None if noise is None else noise.name
+        df["sigma"] = np.nan if noise is None else float(noise.sigma)
+    elif cols[: len(LOG_COLUMNS)] != LOG_COLUMNS or not LogSchema.accepts(cols[len(LOG_COLUMNS):]):
         raise ValueError(f"{path} is not a certification log: columns {list(df.columns)} != {list(LOG_COLUMNS)} "
-                         "(+ a sequential run's samples, lower, cert_<r>...)")
+                         "(+ the columns a certifier declares: a sequential run's samples, lower, cert_<r>...)")
     return df
-
-
-def _sequential_extra(extra: tuple[str, ...]) -> bool:
-    return not extra or (extra[:2] == ("samples", "lower") and all(c.startswith("cert_") for c in extra[2:]))
 
 
 def _resume_rows(path: Path, legacy_noise: Noise | None, header: str = _HEADER) -> set[int]:
@@ -158,7 +266,7 @@ def _resume_rows(path: Path, legacy_noise: Noise | None, header: str = _HEADER) 
         if legacy_noise is None:
             raise ValueError(f"{path} is a partial log in the old format (no noise column) and this run mixes noises; "
                              "move it away to start over")
-        old = read_log(path, legacy_noise.name, legacy_noise.sigma)
+        old = read_log(path, legacy_noise)
         atomic_write_text(path, old.to_csv(sep="\t", index=False, float_format=lambda v: repr(float(v)), lineterminator="\n"))
     done = read_log(path)
     if done["idx"].duplicated().any():
@@ -186,7 +294,7 @@ def certify_dataset(
     log_path: str | Path,
     seed: int = 0,
     progress: bool = True,
-    noise: NoiseSpec | PerImage | None = None,
+    noise: NoiseSpec | PerImage | Any | None = None,
     classes: PerImage | None = None,
     sequential: Sequential | None = None,
     run_config: dict[str, Any] | None = None,
@@ -195,7 +303,8 @@ def certify_dataset(
 
     Args:
         noise: the noise of every image (a Noise, ``(name, sigma)`` or a sigma), or a function
-            / mapping from an image's index to its noise; ``None`` takes ``smooth``'s.
+            / mapping from an image's index to its noise, or a rule with ``noise_for(idx, x)``
+            (:class:`NoiseTable`, a stored selector); ``None`` takes ``smooth``'s.
         classes: a function / mapping from an image's index to a class given in advance
             (deterministic certification, no selection samples); ``None`` selects with ``n0``
             noisy samples.
@@ -217,9 +326,10 @@ def certify_dataset(
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    per_image_noise = callable(noise) or isinstance(noise, Mapping)
+    per_image_noise = callable(noise) or isinstance(noise, Mapping) or callable(getattr(noise, "noise_for", None))
     single = None if per_image_noise else smooth.resolve_noise(noise)
-    header = _HEADER if sequential is None else "\t".join((*LOG_COLUMNS, *sequential_columns(sequential))) + "\n"
+    schema = log_schema(sequential)
+    header = schema.header
     device = smooth.device
     w = world()
     images = [int(i) for i in dataset.indices]
@@ -243,18 +353,18 @@ def certify_dataset(
     done = _resume_rows(mine, single, header)
     todo = [p for p in shard_positions(len(dataset), w) if images[p] not in done]
 
-    def resolved(idx: int) -> Noise:
-        return single if single is not None else as_noise(_per_image(noise, idx), where=f"image {idx}, noise")
-
-    used: dict[int, Noise] = {}  # each image's noise, resolved once (a per-image rule may be costly or random)
+    def resolved(idx: int, x: torch.Tensor) -> Noise:
+        if single is not None:
+            return single
+        spec = noise.noise_for(idx, x) if callable(getattr(noise, "noise_for", None)) else _per_image(noise, idx)
+        return as_noise(spec, where=f"image {idx}, noise")
 
     def items():
         for i in todo:
             x, label = dataset[i]
             idx = images[i]
             c_a = None if classes is None else int(_per_image(classes, idx))
-            used[idx] = resolved(idx)
-            yield Item((idx, label), x, image_generator(seed, idx, device), used[idx], c_a=c_a)
+            yield Item((idx, label), x, image_generator(seed, idx, device), resolved(idx, x), c_a=c_a)
 
     per = n + (n0 if classes is None else 0)
     if todo and sequential is None:
@@ -263,21 +373,20 @@ def certify_dataset(
     bar = tqdm(total=len(todo), desc=f"{what} ({w})" if w.distributed else what, disable=not progress, mininterval=10, unit="img")
     t_start = t_prev = time.perf_counter()
     if sequential is None:
-        results = ((key, pred, radius, "") for key, pred, radius in
-                   smooth.certify_many(items(), n0, n, alpha, batch_size, planned_images=len(todo)))
+        results = smooth.certify_many(items(), n0, n, alpha, batch_size, planned_images=len(todo))
     else:
-        results = ((c.key, c.prediction, c.radius, _sequential_row(c, n0 if classes is None else 0))
-                   for c in smooth.certify_sequential_many(items(), n0, n, alpha, batch_size, sequential, ordered=False))
+        results = smooth.certify_sequential_many(items(), n0, n, alpha, batch_size, sequential, ordered=False)
     drawn = 0
     with open(mine, "a", buffering=1) as f:
-        for k, ((idx, label), pred, radius, extra) in enumerate(results, start=1):
+        for cert in results:
             now = time.perf_counter()
-            nz = used.pop(idx)
-            f.write(f"{idx}\t{label}\t{pred}\t{radius!r}\t{int(pred == label)}\t{now - t_prev!r}\t{nz.name}\t{nz.sigma!r}{extra}\n")
+            (idx, label), pred, nz = cert.key, cert.prediction, cert.noise
+            f.write(f"{idx}\t{label}\t{pred}\t{cert.radius!r}\t{int(pred == label)}\t{now - t_prev!r}\t{nz.name}\t{nz.sigma!r}"
+                    f"{schema.fields(cert)}\n")
             f.flush()
             os.fsync(f.fileno())
             t_prev = now
-            drawn += per if not extra else int(extra.split("\t")[1])
+            drawn += cert.samples
             bar.update(1)
             bar.set_postfix_str(f"{drawn / (now - t_start):,.0f} samples/s", refresh=False)
     bar.close()
@@ -296,11 +405,6 @@ def log_metadata(log: pd.DataFrame) -> dict[str, Any]:
     if "samples" in log.columns:
         meta["forward_passes"] = int(log["samples"].sum())
     return meta
-
-
-def _sequential_row(c, selection: int) -> str:
-    """A sequential certificate's extra log fields (each with its leading tab)."""
-    return f"\t{c.samples + selection}\t{c.lower!r}" + "".join(f"\t{int(v)}" for v in c.certified)
 
 
 def _print_eta(smooth: Smooth, shape: tuple[int, ...], batch_size: int | None, images: int, per_image: int) -> None:
@@ -338,15 +442,25 @@ def certification_log(
     store: ArtifactStore,
     batch_size: int | None = None,
     progress: bool = True,
+    rule: Any = None,
 ) -> pd.DataFrame:
     """Load the log for ``cfg`` from ``store``, certifying (resumably) first if needed; under torchrun
     every rank certifies its shard and the stored log carries every shard's provenance.
 
-    ``smooth`` is smoothed with ``cfg``'s noise (its own default noise, if any, must agree).
+    ``smooth`` is smoothed with ``cfg``'s noise (its own default noise, if any, must agree), or with
+    each image's noise from ``cfg.noise_rule``; ``rule`` is that rule ready to run when the config
+    holds only its description (a stored selector that must be loaded first): it must equal
+    ``cfg.noise_rule`` or have it as its ``config``.
     """
-    noise = as_noise((cfg.noise, cfg.sigma), where="CertifyConfig")
-    if smooth.noise is not None and smooth.noise != noise:
-        raise ValueError(f"the Smooth's noise {smooth.noise!r} does not match the config ({cfg.noise}, sigma={cfg.sigma})")
+    noise: Any = cfg.noise
+    if cfg.noise_rule is not None:
+        noise = cfg.noise_rule if rule is None else rule
+        if rule is not None and not (rule == cfg.noise_rule or getattr(rule, "config", None) == cfg.noise_rule):
+            raise ValueError("the rule given does not match the config's noise_rule; pass the rule the config describes")
+    elif rule is not None:
+        raise ValueError("a rule was given but the config has a single noise (noise_rule=None)")
+    if smooth.noise is not None and cfg.noise is not None and smooth.noise != cfg.noise:
+        raise ValueError(f"the Smooth's noise {smooth.noise!r} does not match the config's {cfg.noise!r}")
     if smooth.precision != cfg.precision:
         raise ValueError(f"the Smooth evaluates the model in {smooth.precision} but the config says {cfg.precision}")
 
@@ -363,7 +477,7 @@ def certification_log(
         return {**meta, **shard_provenance(partial)}
 
     path, _ = store.load_or_compute(cfg, compute, "tsv", device=smooth.device, sharded=True)
-    return read_log(path, cfg.noise, cfg.sigma)
+    return read_log(path, cfg.noise)
 
 
 def merge_certification(path: str | Path) -> tuple[Path, Path | None]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..infra.artifacts import ArtifactStore
-from ..core.noise import NOISES
+from ..core.noise import NOISES, make_noise
 from ..infra.data import NUM_CLASSES, ImageDataset, load_train_subset
 from ..models.classifiers import build_model
 from .fit import FitConfig, fit, load_or_fit
@@ -66,7 +66,7 @@ def training_step(cfg: TrainConfig):
     """The :class:`~rsbook.methods.augment.NoiseAugmentedCE` step that ``cfg`` describes."""
     from ..methods.augment import FixedSigma, NoiseAugmentedCE, UniformSigma
 
-    return NoiseAugmentedCE(cfg.noise, FixedSigma(cfg.sigma) if cfg.sigma_mode == "fixed" else UniformSigma(cfg.sigma))
+    return NoiseAugmentedCE(make_noise(cfg.noise, 1.0), FixedSigma(cfg.sigma) if cfg.sigma_mode == "fixed" else UniformSigma(cfg.sigma))
 
 
 def _build(cfg: TrainConfig) -> torch.nn.Module:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..infra.artifacts import ArtifactStore
-from ..core.noise import NOISES
+from ..core.noise import NOISES, make_noise
 from ..infra.data import ImageDataset, load_train_subset
 from ..models.denoisers import DENOISER_ARCHS, build_denoiser
 from .fit import FitConfig, fit, load_or_fit
@@ -89,12 +89,12 @@ def _step(cfg: DenoiserConfig, store: ArtifactStore | None, device: torch.device
     if cfg.objective == "dsm":
         return denoise.DenoisingScoreMatching(cfg.sigmas())
     if cfg.objective == "mse":
-        return denoise.DenoiserMSE(cfg.noise, cfg.sigma)
+        return denoise.DenoiserMSE(make_noise(cfg.noise, cfg.sigma))
     from .classifier import trained_model
 
     if store is None:
         raise ValueError("the stability objective loads its classifier from a store: pass store=")
-    return denoise.DenoiserStability(trained_model(cfg.classifier, store, device=device), cfg.noise, cfg.sigma)
+    return denoise.DenoiserStability(trained_model(cfg.classifier, store, device=device), make_noise(cfg.noise, cfg.sigma))
 
 
 def train_denoiser(

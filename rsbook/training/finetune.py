@@ -21,13 +21,14 @@ from typing import Callable, Union
 
 import torch
 
+from ..core.noise import Gaussian
 from ..infra.artifacts import ArtifactStore
 from ..infra.data import ImageDataset, load_train_subset
 from .classifier import TrainConfig, _build
 from .fit import FitConfig, fit, load_or_fit
 
 __all__ = ["HeatConfig", "AdvConfig", "ADV_METHODS", "root_config", "finetune",
-           "trained_heat_model", "trained_finetuned"]
+           "trained_finetuned"]
 
 ADV_METHODS = ("smoothadv", "pgd")
 
@@ -122,7 +123,7 @@ class AdvConfig:
 
         if self.method == "pgd":
             return PGDAdversarialTraining(self.eps, self.steps)
-        return SmoothAdv("gaussian", self.sigma, self.m, self.eps, self.steps)
+        return SmoothAdv(Gaussian(self.sigma), self.m, self.eps, self.steps)
 
     @property
     def fit_config(self) -> FitConfig:
@@ -168,19 +169,3 @@ def trained_finetuned(
     model, loaded only then) and stores the result first if absent."""
     return load_or_fit(cfg, store, lambda: _build(root_config(cfg)),
                        lambda work: finetune(cfg, base(), train_set, work, device, progress), device)
-
-
-def trained_heat_model(
-    cfg: HeatConfig,
-    store: ArtifactStore,
-    base_store: ArtifactStore,
-    device: torch.device | str = "cpu",
-    train_set: ImageDataset | None = None,
-    progress: bool = True,
-) -> torch.nn.Module:
-    """:func:`trained_finetuned` for a fine-tuning of a :class:`TrainConfig` stored in ``base_store``
-    (itself trained first if absent)."""
-    from .classifier import trained_model
-
-    return trained_finetuned(cfg, store, lambda: trained_model(cfg.base, base_store, device=device, train_set=train_set,
-                                                               progress=progress), device, train_set, progress)
