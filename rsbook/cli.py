@@ -121,6 +121,23 @@ def _book(args: argparse.Namespace) -> int:
     return build_book(args.profile, only=args.only, build_html=not args.no_html, strict=not args.no_strict, out_dir=args.out)
 
 
+def _claims_diff(args: argparse.Namespace) -> int:
+    from .book.claims import diff_claim_files
+
+    try:
+        diffs = diff_claim_files(args.reference, args.built)
+    except FileNotFoundError as exc:
+        print(f"rsbook claims-diff: {exc}", file=sys.stderr)
+        return 2
+    if diffs:
+        print(f"rsbook claims-diff: the built claims ({args.built}) differ from the reference ({args.reference}) in "
+              f"{len(diffs)} field(s):\n  " + "\n  ".join(diffs) + "\nIf a result was recomputed on purpose, copy the built "
+              f"*.claims.json files into {args.reference} in the same commit.", file=sys.stderr)
+        return 1
+    print(f"rsbook claims-diff: the claims in {args.built} equal the reference in {args.reference} (timed numbers by verdict only)")
+    return 0
+
+
 def _merge(args: argparse.Namespace) -> int:
     from .runs.runner import merge_certification
     from .runs.shards import ShardError
@@ -295,6 +312,14 @@ def main(argv: list[str] | None = None) -> int:
                        "artifact with every shard's provenance. Refuses missing, duplicated or foreign shards and rows.")
     m.add_argument("path", help="the work folder holding log.partial.rank<r>-of-<K>.tsv, or the log's path")
     m.set_defaults(func=_merge)
+
+    d = sub.add_parser("claims-diff", help="compare a build's claims files with the reference ones",
+                       description="Compare every <chapter>.claims.json in REFERENCE with its counterpart in BUILT (claims, "
+                       "values, intervals, verdicts; a number timed during the build by its verdict only). Exit 1 on any "
+                       "difference; CI runs it on the published cpu build against book/claims/.")
+    d.add_argument("reference", nargs="?", default="book/claims", help="folder of reference claims (default: book/claims)")
+    d.add_argument("built", nargs="?", default="book/generated", help="folder of built claims (default: book/generated)")
+    d.set_defaults(func=_claims_diff)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="benchmark", required=True)
     c = bench.add_parser("certify", help="Smooth.certify on the engine vs the published certification loop",

@@ -314,3 +314,33 @@ def test_a_median_of_no_values_is_inconclusive_not_an_error():
     assert row.verdict == "inconclusive" and "in ours [-inf, inf]" in row.test
     with pytest.raises(ValueError, match="NaN"):
         median([0.1, float("nan")])
+
+
+def test_the_claims_check_finds_every_changed_number_and_verdict_but_not_a_timing():
+    import copy
+    import json
+
+    from rsbook.book.claims import TIMED, diff_claims
+
+    ref = json.loads((REPO / "book" / "claims" / "03_heat_smoothing.claims.json").read_text())
+    assert diff_claims(ref, copy.deepcopy(ref)) == []
+    changed = copy.deepcopy(ref)
+    changed["claims"][0]["verdict"] = "reproduced" if ref["claims"][0]["verdict"] != "reproduced" else "partly"
+    assert len(diff_claims(ref, changed)) == 1  # a verdict
+    changed = copy.deepcopy(ref)
+    numeric = next(r for r in changed["claims"] if r["kind"] == "numeric" and TIMED not in r["test"])
+    numeric["ours_value"] += 0.001
+    assert any("ours_value" in d for d in diff_claims(ref, changed))  # a number
+    changed = copy.deepcopy(ref)
+    timed = next(r for r in changed["claims"] if TIMED in r["test"])
+    timed["ours_value"], timed["ours"] = 1e6, "1000000.0"
+    assert diff_claims(ref, changed) == []  # a timing differs from build to build
+    timed["verdict"] = "reproduced"
+    assert diff_claims(ref, changed) != []  # ... but not its verdict
+    del changed["claims"][0]
+    assert any("no longer shown" in d for d in diff_claims(ref, changed))
+
+
+def test_every_chapter_has_reference_claims():
+    names = {p.name for p in (REPO / "book" / "claims").glob("*.claims.json")}
+    assert names == {f"{c.stem}.claims.json" for c in chapters(REPO)}  # CI compares the cpu build with them (rsbook claims-diff)

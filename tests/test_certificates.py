@@ -118,3 +118,9 @@ def test_another_seed_draws_other_noise_on_a_cpu():
     # do on a CPU (documented in rsbook.core.streams): pinned here so that it is not silently changed
     assert not torch.equal(draw(stream("selector", 0, 5, "cpu")), draw(stream("certify", 0, 5, "cpu")))
     assert torch.equal(draw(stream("lbound", 0, 5, "cpu")), draw(stream("certify", 0, 5, "cpu")))
+
+
+@pytest.mark.parametrize("bad", [{"n0": 0}, {"n": 2.5}, {"alpha": 1.0}, {"every": 0}, {"noise": "gaussian"}])
+def test_a_wrong_certification_setting_is_refused_with_its_name(bad):
+    with pytest.raises((ValueError, TypeError), match=next(iter(bad)) if "noise" not in bad else "must be a Noise"):
+        CertifyConfig(model=None, **bad)

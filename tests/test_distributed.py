@@ -196,3 +196,25 @@ def test_a_chapter_runs_under_torchrun(tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert done.stdout.count("03_heat_smoothing: ok") == 2
     assert out.exists() and out.with_name("ch3.rank1.ipynb").exists()
+
+
+def test_shards_of_a_run_with_a_noise_per_image_merge_into_the_one_process_log(tmp_path, monkeypatch):
+    from rsbook.core.certify import Smooth
+    from rsbook.core.noise import Gaussian
+    from rsbook.runs.runner import NoiseTable
+    from conftest import ThresholdClassifier
+
+    ds = tc.dataset()
+    table = NoiseTable.of({int(i): Gaussian(0.2 + 0.1 * (k % 3)) for k, i in enumerate(ds.indices)})
+    args = lambda path: (Smooth(ThresholdClassifier(0.5), 2), ds, 20, 300, 0.01, 50, path, 3, False)  # noqa: E731
+    one = certify_dataset(*args(tmp_path / "one.tsv"), noise=table)
+    log_path = tmp_path / "work" / "log.partial.tsv"
+    for r in range(3):
+        monkeypatch.setattr(runner, "world", lambda r=r: World(r, 3))
+        monkeypatch.setattr(runner, "barrier", lambda w=None: (_ for _ in ()).throw(_ShardDone()))
+        with pytest.raises(_ShardDone):
+            certify_dataset(*args(log_path), noise=table)
+    monkeypatch.undo()
+    merged, _ = merge_certification(log_path)
+    pd.testing.assert_frame_equal(read_log(merged)[KEEP], one[KEEP])
+    assert sorted(set(one["sigma"])) == pytest.approx([0.2, 0.3, 0.4])

@@ -167,6 +167,12 @@ class CertifyConfig:
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        for name in ("n0", "n", "every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"CertifyConfig.{name} must be a positive integer, got {v!r}")
+        if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1):
+            raise ValueError(f"CertifyConfig.alpha must lie in (0, 1) (e.g. 0.001), got {self.alpha!r}")
         if (self.noise is None) == (self.noise_rule is None):
             raise ValueError("CertifyConfig: give either noise (one for every image) or noise_rule (one per image), not both "
                              f"or neither; got noise={self.noise!r}, noise_rule={type(self.noise_rule).__name__}")
