@@ -15,8 +15,8 @@ Layers, bottom to top (each imports only the ones below it; ``tests/test_layers.
 * :mod:`rsbook.cli` -- the ``rsbook`` command.
 """
 
-from .infra.version import __version__  # noqa: E402
-from .core import (ABSTAIN, Certificate, Engine, Gaussian, Item, Laplace, Smooth, Uniform,  # noqa: E402
+from .infra.version import __version__
+from .core import (ABSTAIN, Certificate, Engine, Gaussian, Item, Laplace, Smooth, Uniform,
                    clopper_pearson_lower, clopper_pearson_upper, make_noise, max_certified_radius)
 
 __all__ = [

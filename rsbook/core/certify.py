@@ -165,8 +165,7 @@ class Smooth:
         The radius is capped by :meth:`max_radius` (3.20 sigma for Gaussian noise at
         ``n = 1e4``, ``alpha = 0.001``). ``batch_size=None`` picks one automatically.
         """
-        (cert,) = self.certify_many([Item(None, x, generator, noise)], n0, n, alpha, batch_size, planned_images=1)
-        return cert.pair()
+        return self.certificate(x, n0, n, alpha, batch_size, generator, noise).pair()
 
     def certificate(
         self,

@@ -113,26 +113,30 @@ def bench_config(profile: str, device: str = "cpu", seed: int = 0) -> BenchConfi
 KINDS = ("sequential", "fixed", "reference")
 
 
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+
+
 def log_config(sigma: float, kind: str, profile: str, seed: int = 0) -> CertifyConfig:
     """The page's ``kind`` certification of chapter 0's ``sigma`` CNN: chapter 0's ``sequential`` run
     (:func:`cohen2019.sequential_config`) or its ``fixed``-N run, on chapter 0's test images, or the
     ``reference`` run (:func:`reference_config`)."""
+    _check_kind(kind)
     if kind == "reference":
         return reference_config(sigma, profile, seed)
     model = cohen2019.cifar_config(sigma, profile, seed=seed)
     if kind == "sequential":
         return cohen2019.sequential_config(model, sigma, profile, seed=seed)
-    if kind == "fixed":
-        return cohen2019.certify_config(model, sigma, profile, seed=seed)
-    raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+    return cohen2019.certify_config(model, sigma, profile, seed=seed)
 
 
 def log_store(sigma: float, kind: str, profile: str, seed: int = 0, recompute: bool = False) -> ArtifactStore:
     """Where the ``kind`` log of :func:`log_config` is stored: chapter 0's store, or for the reference
     run :func:`reference_store`."""
+    _check_kind(kind)
     if kind == "reference":
         return reference_store(reference_config(sigma, profile, seed), profile, recompute)
-    log_config(sigma, kind, profile, seed)  # checks the kind
     return cohen2019.store(profile, recompute)
 
 
@@ -141,9 +145,9 @@ def certification(sigma: float, kind: str, profile: str, device: torch.device | 
     """The page's ``kind`` log (:data:`KINDS`, :func:`log_config`) of chapter 0's ``sigma`` CNN (loaded, or
     computed resumably first and stored in :func:`log_store`), at chapter 0's ``n0``, ``alpha`` and
     batch size, with chapter 0's one :class:`~rsbook.core.certify.Smooth` of the model (:func:`cohen2019.smooth`)."""
+    _check_kind(kind)
     ch0 = cohen2019.store(profile, recompute)
     if kind != "reference":
-        log_config(sigma, kind, profile, seed)  # checks the kind
         return cohen2019.certification(cohen2019.cifar_config(sigma, profile, seed=seed), sigma, profile, ch0, device, progress,
                                        seed=seed, sequential=kind == "sequential")
     cfg = reference_config(sigma, profile, seed)

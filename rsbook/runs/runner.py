@@ -16,6 +16,7 @@ and one 0/1 column ``cert_<r>`` per decided radius. Logs written before the ``no
 The noise may differ from image to image: a :class:`CertifyConfig` with a ``noise_rule`` (a
 :class:`NoiseTable`, or any frozen config with ``noise_for(idx, x)``, such as a stored selector)
 gives each image its noise; the rule is part of the config's key.
+
 A killed run keeps every finished row; the next call skips them and continues. Each image
 draws its noise from its own generator, seeded by ``(seed, idx)``, so a resumed run gives the
 same rows as an uninterrupted one.
@@ -32,6 +33,7 @@ forward pass). A killed rank is resumed by rerunning the same command.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -131,12 +133,15 @@ class NoiseTable:
             raise ValueError(f"a NoiseTable holds one noise family, got {sorted(families)}")
         return cls(families.pop(), tuple(sorted((int(i), float(n.sigma)) for i, n in noises.items())))
 
+    @functools.cached_property
+    def _table(self) -> dict[int, float]:  # built once per table, not once per image
+        return dict(self.sigmas)
+
     def noise_for(self, idx: int, x: torch.Tensor | None = None) -> Noise:
         """Image ``idx``'s noise (``x`` is not read: the table was fixed in advance)."""
-        table = dict(self.sigmas)
-        if idx not in table:
-            raise ValueError(f"the noise table has no entry for image {idx}; it covers {len(table)} images")
-        return make_noise(self.family, table[idx])
+        if idx not in self._table:
+            raise ValueError(f"the noise table has no entry for image {idx}; it covers {len(self._table)} images")
+        return make_noise(self.family, self._table[idx])
 
 
 @dataclass(frozen=True)
@@ -187,12 +192,6 @@ class CertifyConfig:
         if self.noise is None:
             raise AttributeError("this CertifyConfig gives each image its own noise (noise_rule); it has no single sigma")
         return self.noise.sigma
-
-    def schema(self) -> "LogSchema":
-        """The columns this run's certifier writes (:func:`log_schema`)."""
-        return log_schema(self.sequential)
-
-
 
 
 @dataclass(frozen=True)
@@ -332,7 +331,8 @@ def certify_dataset(
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    per_image_noise = callable(noise) or isinstance(noise, Mapping) or callable(getattr(noise, "noise_for", None))
+    rule = callable(getattr(noise, "noise_for", None))  # a NoiseTable, a stored selector
+    per_image_noise = rule or callable(noise) or isinstance(noise, Mapping)
     single = None if per_image_noise else smooth.resolve_noise(noise)
     schema = log_schema(sequential)
     header = schema.header
@@ -362,7 +362,7 @@ def certify_dataset(
     def resolved(idx: int, x: torch.Tensor) -> Noise:
         if single is not None:
             return single
-        spec = noise.noise_for(idx, x) if callable(getattr(noise, "noise_for", None)) else _per_image(noise, idx)
+        spec = noise.noise_for(idx, x) if rule else _per_image(noise, idx)
         return as_noise(spec, where=f"image {idx}, noise")
 
     def items():
