@@ -3,7 +3,8 @@
 Layers, bottom to top (each imports only the ones below it; ``tests/test_layers.py`` checks it):
 
 * :mod:`rsbook.core` -- the smoothing core, pure: noise, bounds, the engine, ``Smooth`` and its
-  :class:`~rsbook.core.certificate.Certificate`, sequential certification, metrics, random streams;
+  :class:`~rsbook.core.certificate.Certificate`, sequential certification, the input-dependent
+  certificate (``varying``), metrics, random streams;
 * :mod:`rsbook.infra` -- storage and plumbing: artifacts, provenance, torchrun, datasets, timing;
 * :mod:`rsbook.models` -- classifiers and denoisers;
 * :mod:`rsbook.methods` -- one module per method of the papers (training steps, smoothed models, attacks);
@@ -17,7 +18,7 @@ Layers, bottom to top (each imports only the ones below it; ``tests/test_layers.
 
 from .infra.version import __version__
 from .core import (ABSTAIN, Certificate, Engine, Gaussian, Item, Laplace, Smooth, Uniform,
-                   clopper_pearson_lower, clopper_pearson_upper, make_noise, max_certified_radius)
+                   clopper_pearson_lower, clopper_pearson_upper, make_noise, max_certified_radius, varying_radius)
 
 __all__ = [
     "ABSTAIN",
@@ -32,5 +33,6 @@ __all__ = [
     "Laplace",
     "Uniform",
     "make_noise",
+    "varying_radius",
     "__version__",
 ]

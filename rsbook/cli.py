@@ -186,16 +186,27 @@ def _bench_sequential(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_denoised(args: argparse.Namespace) -> int:
+def _run_bench(args: argparse.Namespace, cfg: Any, bench: Any, fmt: Any) -> int:
+    """Run ``bench(cfg)`` with progress on stderr, print ``fmt(result)``, and write ``--json`` if given."""
     from .bench.common import write_json
-    from .bench.denoised import DenoisedBenchConfig, bench_denoised, format_denoised
 
-    cfg = _config_from(DenoisedBenchConfig, args)
-    result = bench_denoised(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(format_denoised(result))
+    result = bench(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(fmt(result))
     if args.json:
         write_json(result, args.json)
     return 0
+
+
+def _bench_dual(args: argparse.Namespace) -> int:
+    from .bench.dual import DualBenchConfig, bench_dual, format_dual
+
+    return _run_bench(args, _config_from(DualBenchConfig, args), bench_dual, format_dual)
+
+
+def _bench_denoised(args: argparse.Namespace) -> int:
+    from .bench.denoised import DenoisedBenchConfig, bench_denoised, format_denoised
+
+    return _run_bench(args, _config_from(DenoisedBenchConfig, args), bench_denoised, format_denoised)
 
 
 def _bench_scaleout(args: argparse.Namespace) -> int:
@@ -259,6 +270,8 @@ def _field_flags() -> dict[str, dict[str, dict[str, Any]]]:
             "threads": dict(help="torch threads per process (0: cores / processes)"),
         },
         "DenoisedBenchConfig": compile_,
+        "DualBenchConfig": {"Ds": dict(type=_floats, metavar="D1,D2,...", help="selector budgets D"),
+                            "clip": dict(type=_floats, metavar="H_L,H_U", help="clipping of the selector's output")},
     }
 
 
@@ -367,6 +380,17 @@ def main(argv: list[str] | None = None) -> int:
                   "batch_size compile device")
     dn.add_argument("--json", help="also write the result as JSON here")
     dn.set_defaults(func=_bench_denoised)
+
+    from .bench.dual import DualBenchConfig
+
+    du = bench.add_parser("dual", help="dual-smoothing certification (chapter 4) vs raw forward of selector + classifier",
+                          description="Chapter 4's dual-smoothing certificate (selector draws through the engine's values, "
+                          "every noise level's counts through Smooth.certify_many, the sound radius) against the time the "
+                          "raw forward throughputs of selector and classifier allow for the same passes.")
+    _config_flags(du, DualBenchConfig, "classifier sigma n_h alpha_h n0 n Ds clip images repeats seed threads forward_seconds "
+                  "batch_size device")
+    du.add_argument("--json", help="also write the result as JSON here")
+    du.set_defaults(func=_bench_dual)
 
     args = parser.parse_args(argv)
     try:

@@ -233,3 +233,20 @@ def test_a1_page_text_and_claims_from_known_runs():
         "certificates equal the published loop's": "reproduced",
         "a K-process torchrun run gives the one-process log": "partly"}
     assert claims.rows[3].ours == "2.500x, 1.996x, 2.400x" and "batching gains at most 2.500x" in claims.rows[1].reason
+
+
+def test_bench_dual_counts_the_passes_of_selector_and_classifier(tmp_path, capsys):
+    # every level of every image costs n0 + n classifier passes; the selector n_h per image
+    from rsbook.cli import main
+
+    out = tmp_path / "dual.json"
+    assert main(["bench", "dual", "--images", "2", "--n-h", "30", "--n0", "5", "--n", "20", "--repeats", "1",
+                 "--forward-seconds", "0.05", "--batch-size", "64", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    passes = res["meta"]["passes"]
+    assert passes["selector"] == 2 * 30
+    levels = passes["classifier"] / 25
+    assert levels == int(levels) and 2 <= levels <= 2 * (1 + 2 * 2 * 2)  # a median per image, at most 8 ends more
+    (row,) = [r for r in res["rows"] if r["variant"] == "dual certification"]
+    assert 0 < row["ratio_to_forward"] <= 1.5
+    assert "dual certification" in capsys.readouterr().out

@@ -190,7 +190,10 @@ def test_normalization_is_exact_in_a_model_loaded_from_fp16_weights(arch, datase
 
 
 def _arch_dataset(config: dict) -> tuple[str, str] | None:
-    """The classifier a stored model's config describes (a fine-tuning's through its base)."""
+    """The classifier a stored model's config describes (a fine-tuning's through its base; ``None`` for
+    a denoiser or a noise-level selector, which have no normalization layer)."""
+    if config.get("type") == "SelectorConfig":
+        return None
     if config.get("arch") in ARCHS and config.get("dataset") in DOCUMENTED:
         return config["arch"], config["dataset"]
     return _arch_dataset(config["base"]) if isinstance(config.get("base"), dict) else None

@@ -6,10 +6,10 @@ import pytest
 
 from rsbook.book.eta import Plan, Planned
 from rsbook.infra.artifacts import config_key
-from rsbook.papers import appendix_sequential, appendix_speed, cohen2019, heat_smoothing, score_denoising
+from rsbook.papers import appendix_sequential, appendix_speed, cohen2019, heat_smoothing, score_denoising, variational
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "book" / "artifacts"
-CHAPTERS = [cohen2019, score_denoising, heat_smoothing, appendix_sequential]
+CHAPTERS = [cohen2019, score_denoising, heat_smoothing, variational, appendix_sequential]
 
 
 def _committed(chapter: str) -> set[str]:
@@ -32,7 +32,7 @@ def test_every_chapter_module_offers_the_interface(mod):
 def test_appendix_speed_plans_its_benchmark_runs_and_they_are_committed():
     plan = appendix_speed.planned_work("smoke")
     assert isinstance(plan, Plan) and not plan.trainings and not plan.certifications
-    assert list(plan.other) == appendix_speed.runs("smoke") + appendix_speed.denoised_runs("smoke")
+    assert list(plan.other) == appendix_speed.runs("smoke") + appendix_speed.denoised_runs("smoke") + appendix_speed.dual_runs("smoke")
     assert {config_key(c) for c in appendix_speed.planned_work("cpu").other} <= _committed(appendix_speed.CHAPTER)
 
 
@@ -44,6 +44,16 @@ def test_chapter_0_cpu_plan_names_only_committed_artifacts():
     for c in plan.trainings:
         assert (folder / f"{config_key(c)}.json").is_file(), c
     assert not plan.other
+
+
+def test_chapter_4_cpu_plan_is_exactly_its_committed_artifacts():
+    # its selectors and its Experiment A and B logs are its own; the base classifiers are chapter 0's
+    plan = variational.planned_work("cpu")
+    planned = ({config_key(c) for c in plan.trainings} | {config_key(p.config) for p in plan.certifications}
+               | {config_key(c) for c in plan.other})
+    assert planned == _committed(variational.CHAPTER)
+    bases = {config_key(c.base) for c in plan.trainings}
+    assert bases <= _committed(cohen2019.CHAPTER)
 
 
 def test_appendix_sequential_cpu_plan_is_exactly_its_committed_artifacts():

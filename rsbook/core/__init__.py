@@ -9,9 +9,11 @@ from .engine import Engine, Item
 from .noise import NOISES, Gaussian, Laplace, Noise, Uniform, make_noise
 from .sequential import Sequential, SequentialCertificate
 from .streams import STREAMS, image_generator, stream
+from .varying import VaryingRadius, scale_tv, varying_radius, worst_case
 
 __all__ = [
     "ABSTAIN", "GUARANTEES", "Certificate", "Smooth", "max_certified_radius", "Engine", "Item",
     "Noise", "Gaussian", "Laplace", "Uniform", "make_noise", "NOISES", "clopper_pearson_lower", "clopper_pearson_upper",
     "Sequential", "SequentialCertificate", "STREAMS", "image_generator", "stream",
+    "VaryingRadius", "varying_radius", "worst_case", "scale_tv",
 ]

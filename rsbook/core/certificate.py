@@ -25,6 +25,12 @@ GUARANTEES: dict[str, str] = {
                    "input); n samples bound p_A (Clopper-Pearson); valid with probability >= 1 - alpha",
     "sequential": "anytime-valid: a confidence sequence for p_A read after every chunk, so one alpha covers every "
                   "radius decided and every stopping time",
+    "input-dependent": "the smoothing noise level may change with the input within a certified interval; p_A is "
+                       "bounded once at a fixed sigma_0 and the radius is the Neyman-Pearson worst case over every "
+                       "level in the interval (rsbook.core.varying); valid with probability >= 1 - alpha minus the "
+                       "interval's own error (alpha + 2 alpha_h for dual smoothing, by a union bound)",
+    "not a guarantee": "a published procedure shown for comparison whose radius the theory does not back (e.g. "
+                       "variational smoothing's three-sigma rule); never read as a certificate",
 }
 
 

@@ -9,7 +9,9 @@ it or whether the run was resumed:
   prediction, the L-bound's draws, the attacks' and the refinement's fixed draws, the audit's
   ``predict`` calls); ``k`` numbers repeated uses (the attack of a list), ``sub`` the calls
   within one image (an audit's grid points);
-* ``selector``: a noise-level selector's own draws (chapters 2 and 4).
+* ``selector``: a noise-level selector's own draws (chapters 2 and 4);
+* ``dual``: the classifier's draws at a dual-smoothing certificate's further noise levels
+  (``k`` numbers the level; chapter 4).
 
 Seeds. torch's CPU generator (mt19937) keeps only the **low 32 bits** of its seed; CUDA's
 (Philox) keeps all 64. The committed artifacts were drawn with ``(seed << 32) + idx`` for
@@ -20,7 +22,7 @@ bits (``idx`` itself at ``seed = 0``: every committed stream is bit-identical). 
 streams keep their committed formula, so **on a CPU** they differ from an image's ``certify``
 stream only through ``sub``: its clean, L-bound, attack and refinement draws are its
 certification draws (each procedure is valid on its own; they are just not independent of one
-another). The ``selector`` stream, new, mixes its salt into the low bits and shares no draws.
+another). The ``selector`` and ``dual`` streams, new, mix its salt into the low bits and shares no draws.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ __all__ = ["STREAMS", "image_generator", "stream"]
 
 #: Salt of each named stream; ``None`` is the certification stream itself.
 STREAMS: dict[str, int | None] = {"certify": None, "clean": 0, "lbound": 100, "attack": 200, "refine": 300, "audit": 400,
-                                  "selector": 500}
+                                  "selector": 500, "dual": 600}
 _COMMITTED = ("clean", "lbound", "attack", "refine", "audit")  # chapter 3's streams, kept as they were drawn
 _SALT_SPACING = 7919  # a prime larger than any salt + k, so (seed, salt + k) pairs never collide
 _SUBS = 1000  # calls per image a stream may number (``sub``)

@@ -17,6 +17,7 @@ from ..infra.artifacts import ArtifactStore
 from ..bench.certify import BenchConfig
 from ..bench.common import write_json
 from ..bench.denoised import DenoisedBenchConfig
+from ..bench.dual import DualBenchConfig
 from ..bench.load import ContentionError, is_contended
 from ..book.claims import Check, Claims, exact
 from ..book.eta import Plan
@@ -24,7 +25,7 @@ from ..book.profiles import TEMPORARY_PROFILES, check_profile
 from ..infra.paths import repo_root
 from . import cohen2019
 
-__all__ = ["CHAPTER", "MIXED_SIGMAS", "chapter0_weights", "runs", "denoised_runs", "planned_work", "scaleout_results", "scaleout_live", "gpu_rates",
+__all__ = ["CHAPTER", "MIXED_SIGMAS", "chapter0_weights", "runs", "denoised_runs", "dual_runs", "dual_summary", "planned_work", "scaleout_results", "scaleout_live", "gpu_rates",
            "projected_paper_hours", "SCALEOUT_GPUS", "TARGET_RULE", "measured_on", "same_machine", "same_machine_words",
            "machines_sentence", "machine_load", "target_check", "target_words", "summary_table", "targets_table", "speedup_factors",
            "denoised_summary", "cpu_pair", "stored_result", "machines_note", "cpu_features_text", "speedup_note", "ENGINE_TARGET", "PAGE", "claims"]
@@ -97,14 +98,40 @@ def denoised_runs(profile: str, device: str = "cpu", seed: int = 0) -> list[Deno
     return [dataclasses.replace(base, classifier="cifar_resnet110", n=10_000, images=4, repeats=3, compile="auto")]
 
 
+def dual_runs(profile: str, device: str = "cpu", seed: int = 0) -> list[DualBenchConfig]:
+    """The ``rsbook bench dual`` runs (chapter 4's selector and classifier at the paper's N_h, N)."""
+    check_profile(profile)
+    base = DualBenchConfig(device=device, seed=seed)
+    if profile in ("smoke", "dry_run"):
+        return [dataclasses.replace(base, images=2, n_h=50, n0=5, n=20, repeats=1, forward_seconds=0.1, batch_size=64,
+                                    classifier="cnn4" if profile == "smoke" else "cifar_resnet110")]
+    if profile == "cpu":
+        return [base]
+    return [dataclasses.replace(base, classifier="cifar_resnet110", images=16)]
+
+
+def dual_summary(res: dict) -> dict:
+    """One ``bench dual`` result as a row: the certification over the ideal time of the raw forwards, its
+    worst round, the target (>= 0.9) as a :class:`Check` in ``"checks"``, and the machine."""
+    row = _rows(res)["dual certification"]
+    contended = "; ".join(res["meta"]["contention"]["reasons"]) if is_contended(res) else ""
+    check = target_check(row["ratio_to_forward"], row["worst_ratio"], 0.9, "dual certify / raw forward", contended)
+    c = res["meta"]["config"]
+    return {"classifier": c["classifier"], "n_h": c["n_h"], "n": c["n"], "images": c["images"],
+            "certify / raw forward": row["ratio_to_forward"], "worst round": row["worst_ratio"],
+            "target": f"{check.test.split(':')[0]} {target_words(check)}", "measured on": measured_on(res),
+            "machine load": machine_load(res), "checks": [check]}
+
+
 def planned_work(profile: str, device: str = "cpu", seed: int = 0) -> Plan:
-    """The page's stored benchmark runs as a plan: the ``bench certify`` runs (:func:`runs`) and the
-    ``bench denoised`` runs (:func:`denoised_runs`) under ``other``, in the page's order. No model is
-    trained and no certification log is stored here (the scale-out runs are not in the plan)."""
-    return Plan(other=[*runs(profile, device, seed), *denoised_runs(profile, device, seed)])
+    """The page's stored benchmark runs as a plan: the ``bench certify`` runs (:func:`runs`), the
+    ``bench denoised`` runs (:func:`denoised_runs`) and the ``bench dual`` runs (:func:`dual_runs`) under
+    ``other``, in the page's order. No model is trained and no certification log is stored here (the
+    scale-out runs are not in the plan)."""
+    return Plan(other=[*runs(profile, device, seed), *denoised_runs(profile, device, seed), *dual_runs(profile, device, seed)])
 
 
-def stored_result(cfg: BenchConfig | DenoisedBenchConfig, bench: Callable[..., dict], store: ArtifactStore, profile: str,
+def stored_result(cfg: BenchConfig | DenoisedBenchConfig | DualBenchConfig, bench: Callable[..., dict], store: ArtifactStore, profile: str,
                   allow_busy: bool = False) -> dict:
     """The benchmark's result for ``cfg``: loaded from ``store``, or measured now by ``bench(cfg)``
     (:func:`rsbook.bench.certify.bench_certify` or :func:`~rsbook.bench.denoised.bench_denoised`). A run measured on a
@@ -492,11 +519,12 @@ ENGINE_TARGET = "target of the engine (not a claim of the paper)"
 
 
 def claims(profile: str, results: list[dict], table, den_checks: list[dict], identical: list[bool],
-           rates: dict[str, tuple[float, str]]) -> Claims:
+           rates: dict[str, tuple[float, str]], dual_checks: list[dict] = ()) -> Claims:
     """The page's claims table (:mod:`rsbook.book.claims`): the engine's targets and the paper's timing.
 
     ``results``: the ``bench certify`` results and ``table`` their :func:`summary_table`;
-    ``den_checks``: :func:`denoised_summary` per ``bench denoised`` result; ``identical``: per
+    ``den_checks``: :func:`denoised_summary` per ``bench denoised`` result; ``dual_checks``:
+    :func:`dual_summary` per ``bench dual`` result; ``identical``: per
     multi-process scale-out run, whether its merged log equals the one-process log; ``rates``:
     :func:`gpu_rates`. The targets are decided by :data:`TARGET_RULE` (:func:`targets_table`).
     """
@@ -517,6 +545,12 @@ def claims(profile: str, results: list[dict], table, den_checks: list[dict], ide
                                 "batch 1 already keeps the CPU's cores busy. The target assumes an accelerator, where batch 1 "
                                 "leaves most of the device idle"
                                 for d in den_checks if d["checks"][2].outcome is not True))
+    if dual_checks:
+        c.qualitative("dual-smoothing certification (chapter 4) at >= 0.9 of the raw forward of selector + classifier",
+                      ENGINE_TARGET, ", ".join(f"{d['certify / raw forward']:.3f} (worst round {d['worst round']:.3f})"
+                                               for d in dual_checks), [k for d in dual_checks for k in d["checks"]],
+                      why="; ".join(f"measured on {d['measured on']}, machine {d['machine load']}" for d in dual_checks),
+                      test="met if the worst round clears 0.9, missed if the best round is below it, else undecided")
     fp32 = [i for i in table.index if table.loc[i, "precision"] == "fp32"]
     long_runs = [i for i in fp32 if table.loc[i, "n"] >= 1000]
     c.qualitative("Smooth.certify runs at >= 0.9 of the model's raw forward throughput (fp32, N >= 1,000)", ENGINE_TARGET,

@@ -19,9 +19,11 @@ from torch import nn
 
 from ..infra.artifacts import ArtifactStore
 from ..infra.data import ImageDataset
+from ..models.classifiers import for_inference
 from .classifier import TrainConfig, trained_model
 from .denoiser import DenoiserConfig, trained_denoiser
 from .finetune import AdvConfig, HeatConfig, trained_finetuned
+from .selector import SelectorConfig, trained_selector
 
 __all__ = ["trained"]
 
@@ -44,4 +46,7 @@ def trained(
     if isinstance(cfg, (HeatConfig, AdvConfig)):
         base = lambda: trained(cfg.base, where(cfg.base), device, progress, train_set, store_of)  # noqa: E731
         return trained_finetuned(cfg, store, base, device, train_set, progress)
-    raise TypeError(f"no stored model for a {type(cfg).__name__}; give a TrainConfig, DenoiserConfig, HeatConfig or AdvConfig")
+    if isinstance(cfg, SelectorConfig):
+        base = lambda: for_inference(trained(cfg.base, where(cfg.base), device, progress, train_set, store_of))  # noqa: E731
+        return trained_selector(cfg, store, base, device, train_set, progress)
+    raise TypeError(f"no stored model for a {type(cfg).__name__}; give a TrainConfig, DenoiserConfig, HeatConfig, AdvConfig or SelectorConfig")
