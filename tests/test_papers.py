@@ -14,7 +14,7 @@ CHAPTERS = [cohen2019, score_denoising, heat_smoothing, variational, appendix_se
 
 def _committed(chapter: str) -> set[str]:
     """The artifact keys committed in ``book/artifacts/<chapter>/`` (``<key>.json`` beside each payload)."""
-    return {p.stem for p in (ARTIFACTS / chapter).glob("*config-*.json") if p.name.count(".") == 1}
+    return {p.stem for p in (ARTIFACTS / chapter).glob("*-*.json") if p.name.count(".") == 1}
 
 
 @pytest.mark.parametrize("mod", CHAPTERS, ids=lambda m: m.__name__.rsplit(".", 1)[1])
