@@ -6,10 +6,10 @@ import pytest
 
 from rsbook.book.eta import Plan, Planned
 from rsbook.infra.artifacts import config_key
-from rsbook.papers import appendix_sequential, appendix_speed, cohen2019, heat_smoothing, score_denoising, variational
+from rsbook.papers import appendix_sequential, appendix_speed, cohen2019, heat_smoothing, samplewise, score_denoising, variational
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "book" / "artifacts"
-CHAPTERS = [cohen2019, score_denoising, heat_smoothing, variational, appendix_sequential]
+CHAPTERS = [cohen2019, samplewise, score_denoising, heat_smoothing, variational, appendix_sequential]
 
 
 def _committed(chapter: str) -> set[str]:
@@ -54,6 +54,18 @@ def test_chapter_4_cpu_plan_is_exactly_its_committed_artifacts():
     assert planned == _committed(variational.CHAPTER)
     bases = {config_key(c.base) for c in plan.trainings}
     assert bases <= _committed(cohen2019.CHAPTER)
+
+
+def test_chapter_2_cpu_plan_is_exactly_its_committed_artifacts():
+    # its MNIST pretraining, fine-tunings, level tables and certifications are its own; the CIFAR-10
+    # pretraining (chapter 0's universal model) and DDRS's base models are chapter 0's
+    plan = samplewise.planned_work("cpu")
+    planned = ({config_key(c) for c in plan.trainings} | {config_key(p.config) for p in plan.certifications}
+               | {config_key(c) for c in plan.other})
+    assert planned == _committed(samplewise.CHAPTER)
+    chapter0 = {config_key(samplewise.pretrain_config("cifar10", "cpu"))} | {config_key(samplewise.ddrs_config(ds, "cpu").model)
+                                                                           for ds in samplewise.DATASETS}
+    assert chapter0 <= _committed(cohen2019.CHAPTER)
 
 
 def test_appendix_sequential_cpu_plan_is_exactly_its_committed_artifacts():

@@ -1,6 +1,6 @@
 """Per-chapter settings (per profile), config builders, and the papers' published numbers.
 
-One interface per chapter module (``cohen2019``, ``score_denoising``, ``heat_smoothing``,
+One interface per chapter module (``cohen2019``, ``score_denoising``, ``samplewise``, ``heat_smoothing``, ``variational``,
 ``appendix_sequential``), so that a notebook, a leaderboard and the run planner read every chapter alike:
 
 * ``CHAPTER``: the chapter's name (its notebook and its artifact folder ``book/artifacts/<CHAPTER>/``);

@@ -5,8 +5,8 @@ Every model of the book is named by its training config and kept in an
 :func:`~rsbook.training.fit.load_or_fit`) and stored first. The config's type says what to train:
 a :class:`~rsbook.training.classifier.TrainConfig` (a classifier), a
 :class:`~rsbook.training.denoiser.DenoiserConfig` (a denoiser or score network), or a
-:class:`~rsbook.training.finetune.HeatConfig` / :class:`~rsbook.training.finetune.AdvConfig` (a
-fine-tuning, whose ``base`` chain is itself obtained with ``trained`` first, from the store that
+:class:`~rsbook.training.finetune.HeatConfig` / :class:`~rsbook.training.finetune.AdvConfig` /
+:class:`~rsbook.training.samplewise.SampleWiseConfig` (a fine-tuning, whose ``base`` chain is itself obtained with ``trained`` first, from the store that
 ``store_of`` names for it).
 """
 
@@ -23,6 +23,7 @@ from ..models.classifiers import for_inference
 from .classifier import TrainConfig, trained_model
 from .denoiser import DenoiserConfig, trained_denoiser
 from .finetune import AdvConfig, HeatConfig, trained_finetuned
+from .samplewise import SampleWiseConfig, trained_samplewise
 from .selector import SelectorConfig, trained_selector
 
 __all__ = ["trained"]
@@ -49,4 +50,8 @@ def trained(
     if isinstance(cfg, SelectorConfig):
         base = lambda: for_inference(trained(cfg.base, where(cfg.base), device, progress, train_set, store_of))  # noqa: E731
         return trained_selector(cfg, store, base, device, train_set, progress)
-    raise TypeError(f"no stored model for a {type(cfg).__name__}; give a TrainConfig, DenoiserConfig, HeatConfig, AdvConfig or SelectorConfig")
+    if isinstance(cfg, SampleWiseConfig):
+        base = lambda: for_inference(trained(cfg.base, where(cfg.base), device, progress, train_set, store_of))  # noqa: E731
+        return trained_samplewise(cfg, store, base, device, train_set, progress)
+    raise TypeError(f"no stored model for a {type(cfg).__name__}; give a TrainConfig, DenoiserConfig, HeatConfig, AdvConfig, "
+                    "SelectorConfig or SampleWiseConfig")
