@@ -291,12 +291,13 @@ def order_spread(log: pd.DataFrame, dataset: str, orders: int, seed: int = 0) ->
 
 def inductive(log: pd.DataFrame, dataset: str, lo: float, hi: float, r_max: float = 4.0) -> np.ndarray:
     """Per image, the input-dependent certificate (:func:`rsbook.core.varying.varying_radius`) when every
-    input within the radius may be smoothed at any level in ``[lo, hi]`` (0 on abstentions)."""
-    out = np.zeros(len(log))
+    input within the radius may be smoothed at any level in ``[lo, hi]``: its radius, ``nan`` where it
+    certifies nothing (an abstention, or a worst case at or below 1/2 already at r = 0)."""
+    out = np.full(len(log), np.nan)
     for j, (pred, rad, sg) in enumerate(zip(log["predict"], log["radius"], log["sigma"])):
         if pred >= 0:
-            p = float(norm.cdf(rad / sg))
-            out[j] = varying_radius(p, float(sg), lo, hi, DIMS[dataset], r_max=r_max).radius
+            res = varying_radius(float(norm.cdf(rad / sg)), float(sg), lo, hi, DIMS[dataset], r_max=r_max)
+            out[j] = res.radius if res.certified else np.nan
     return out
 
 
