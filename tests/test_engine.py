@@ -16,7 +16,7 @@ from rsbook.core.engine import Engine, Item, batch_candidates
 from rsbook.core.noise import Gaussian, Laplace, Uniform, make_noise
 from rsbook.core.reference import reference_certify
 from rsbook.core.streams import image_generator
-from rsbook.runs.runner import CertifyConfig
+from rsbook.runs.runner import CertifyConfig, NoiseTable
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (1, 8, 8)  # 64 coordinates
@@ -234,7 +234,12 @@ def test_committed_certification_artifacts_keep_their_keys():
         d.pop("type")
         model = d.pop("model")
         # configs hold a Noise now; stored as the old (noise, sigma) fields, so the key is the stored one
-        cfg = CertifyConfig(model=_Frozen(model), noise=make_noise(d.pop("noise"), d.pop("sigma")), **d)
+        name, sigma = d.pop("noise"), d.pop("sigma")
+        rule = d.pop("noise_rule", None)  # a noise per image (chapter 2): a NoiseTable, stored as its fields
+        if rule is not None:
+            assert rule.pop("type") == "NoiseTable", meta
+            rule = NoiseTable(rule["family"], tuple((int(i), float(s)) for i, s in rule["sigmas"]))
+        cfg = CertifyConfig(model=_Frozen(model), noise=None if rule is not None else make_noise(name, sigma), noise_rule=rule, **d)
         assert cfg.precision == "fp32"
         # chapter 3's deterministic models (no noise in training, or HeatSmoothing) are certified from the clean input
         deterministic = "timesteps" in model or model.get("method") == "pgd" or model.get("sigma") == 0.0
