@@ -259,15 +259,20 @@ def _images(dataset: str, idx: np.ndarray) -> torch.Tensor:
     return data.images[[pos[int(i)] for i in idx]].float().div(255)
 
 
+def _allocation_inputs(log: pd.DataFrame, dataset: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """``log`` in image order, its images' pairwise distances and Cohen's radii (0 on abstentions)."""
+    log = log.sort_values("idx").reset_index(drop=True)
+    dist = pairwise_distances(_images(dataset, log["idx"].to_numpy()))
+    return log, dist, np.where(log["predict"].to_numpy() >= 0, log["radius"].to_numpy(), 0.0)
+
+
 def transductive(log: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Per test image of ``log``: Cohen's radius at its own level (``naive``), the LP's allocated radius
     with conflicts between different levels (``lp``, the notes' rule) and between different levels
     *and* classes (``lp_class``), the memory rule in data-set order in the same constraints
     (``memory``), and DDRS's memory step as published (``ddrs``, ``ddrs_predict``). Radii are 0 on
     abstentions; ``correct_*`` mark a right certified class."""
-    log = log.sort_values("idx").reset_index(drop=True)
-    dist = pairwise_distances(_images(dataset, log["idx"].to_numpy()))
-    r = np.where(log["predict"].to_numpy() >= 0, log["radius"].to_numpy(), 0.0)
+    log, dist, r = _allocation_inputs(log, dataset)
     sig, cls = log["sigma"].to_numpy(), log["predict"].to_numpy()
     lp, lpc, mem = allocate(dist, sig, r), allocate(dist, sig, r, cls, "sigma-and-class"), memory_rule(dist, sig, r)
     dcls, drad = ddrs_memory(dist, cls, r)
@@ -279,9 +284,7 @@ def transductive(log: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 def order_spread(log: pd.DataFrame, dataset: str, orders: int, seed: int = 0) -> pd.DataFrame:
     """The memory rule's total radius over ``orders`` random orders of the test set, beside the LP's."""
-    log = log.sort_values("idx").reset_index(drop=True)
-    dist = pairwise_distances(_images(dataset, log["idx"].to_numpy()))
-    r = np.where(log["predict"].to_numpy() >= 0, log["radius"].to_numpy(), 0.0)
+    log, dist, r = _allocation_inputs(log, dataset)
     sig = log["sigma"].to_numpy()
     g = np.random.default_rng(seed)
     totals = [memory_rule(dist, sig, r, order=g.permutation(len(r))).radius.sum() for _ in range(orders)]
