@@ -118,7 +118,24 @@ def _book(args: argparse.Namespace) -> int:
               f"{args.profile}`; then build the pages from the stored results with a plain `rsbook book --profile {args.profile}`",
               file=sys.stderr)
         return 2
-    return build_book(args.profile, only=args.only, build_html=not args.no_html, strict=not args.no_strict, out_dir=args.out)
+    return build_book(args.profile, only=args.only, build_html=not args.no_html, strict=not args.no_strict, out_dir=args.out,
+                      jobs=args.jobs)
+
+
+def _scorecard(args: argparse.Namespace) -> int:
+    from .book.scorecard import counts, load_claims, scorecard_page
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {folder}: give a folder of <chapter>.claims.json files")
+    df = load_claims(folder)
+    if df.empty:
+        raise FileNotFoundError(f"no claims in {folder}: it holds no <chapter>.claims.json file with a claim")
+    if args.page:
+        print(scorecard_page(folder, ", ".join(dict.fromkeys(df["profile"]))), end="")
+    else:
+        print(counts(df).to_string())
+    return 0
 
 
 def _claims_diff(args: argparse.Namespace) -> int:
@@ -317,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-html", action="store_true", help="execute the chapters but do not build the HTML")
     b.add_argument("--no-strict", action="store_true", help="do not turn Sphinx warnings into errors")
     b.add_argument("--out", help="build a staged copy here (default: the checkout for profile cpu, _build/<profile> otherwise)")
+    b.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="run up to N chapters at once, each in its own kernel on one torch thread (default 1; 0: one per CPU core)")
     b.set_defaults(func=_book)
 
     m = sub.add_parser("merge", help="merge the torchrun shards of a certification log (rank 0 does it by itself)",
@@ -333,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("reference", nargs="?", default="book/claims", help="folder of reference claims (default: book/claims)")
     d.add_argument("built", nargs="?", default="book/generated", help="folder of built claims (default: book/generated)")
     d.set_defaults(func=_claims_diff)
+
+    sc = sub.add_parser("scorecard", help="count the verdicts of a folder of claims files",
+                        description="Print how many claims of each chapter are reproduced, partly reproduced, not reproduced, "
+                        "not comparable (and any other verdict) in FOLDER's <chapter>.claims.json files, per chapter and in all.")
+    sc.add_argument("folder", nargs="?", default="book/claims", help="folder of claims files (default: book/claims)")
+    sc.add_argument("--page", action="store_true", help="print the whole scorecard page (markdown) instead of the counts")
+    sc.set_defaults(func=_scorecard)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="benchmark", required=True)
     c = bench.add_parser("certify", help="Smooth.certify on the engine vs the published certification loop",

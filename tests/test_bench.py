@@ -250,3 +250,77 @@ def test_bench_dual_counts_the_passes_of_selector_and_classifier(tmp_path, capsy
     (row,) = [r for r in res["rows"] if r["variant"] == "dual certification"]
     assert 0 < row["ratio_to_forward"] <= 1.5
     assert "dual certification" in capsys.readouterr().out
+
+
+# -- A1's paper run plan: GPU hours from measured rates ------------------------------------------------
+
+
+def test_project_plan_hours_match_the_hand_computed_arithmetic():
+    from dataclasses import dataclass
+
+    from rsbook.book.eta import Plan, Planned
+    from rsbook.papers.appendix_speed import Rate, TrainingCost, project_plan
+
+    @dataclass(frozen=True)
+    class Cert:  # a certification config: only n0, n and sequential are read
+        n0: int
+        n: int
+        sequential: bool = False
+
+    @dataclass(frozen=True)
+    class TrainConfig:  # a training config: type name, arch, dataset, subset and epochs are read
+        arch: str
+        dataset: str
+        epochs: int
+        train_subset: int = 0
+
+    gpu = {"big": Rate(1000.0, "measured")}
+    cpu = {("big", 2): 100.0, ("small", 2): 400.0}  # small is 4x faster than big on the CPU: big's GPU rate bounds it
+    costs = {("TrainConfig", ""): [TrainingCost(6.0, "cpu", "cnn"), TrainingCost(4.0, "cpu", "cnn")]}  # mean 5 passes
+    plan = Plan(trainings=[TrainConfig("big", "cifar10", 2, 1000), TrainConfig("small", "mnist", 3)],
+                certifications=[Planned(Cert(100, 900), "big", 10),                      # 10 * 1,000 passes
+                                Planned(Cert(100, 1900, True), "small", 4, samples=50),  # sequential: 0.25 * 2,000 each
+                                Planned(Cert(100, 901), "unmeasured", 7),
+                                Planned(Cert(100, 900), "big", 10)])  # planned twice, stored (and counted) once
+    h = project_plan(plan, gpu, cpu, costs, {"cifar10": 50_000, "mnist": 60_000}, sequential=(0.25, "measured"))
+    assert h.certification_s == pytest.approx(10 * 1000 / 1000 + 4 * 500 / 1000)  # 10 s + 2 s
+    assert h.training_s == pytest.approx(5 * 1000 * 2 / 1000 + 5 * 60_000 * 3 / 1000)  # 10 s + 900 s
+    assert h.certifications == (2, 3) and h.trainings == (2, 2)
+    assert h.not_measured == ("certifying unmeasured",)
+    assert any("upper bound" in s and "4x" in s for s in h.rate_from)
+    # a config an earlier chapter planned is neither counted nor planned
+    from rsbook.infra.artifacts import config_key
+
+    again = project_plan(plan, gpu, cpu, costs, {"cifar10": 50_000, "mnist": 60_000},
+                         skip=frozenset({config_key(plan.trainings[1])}))
+    assert again.trainings == (1, 1) and again.training_s == pytest.approx(10.0)
+    # without a measured sequential share the planned guess of samples per image counts
+    assert project_plan(plan, gpu, cpu, costs, {"cifar10": 50_000, "mnist": 60_000}).certification_s == pytest.approx(10 + 0.2)
+
+
+def test_training_costs_are_seconds_per_image_epoch_times_the_cpu_rate():
+    from rsbook.papers.appendix_speed import training_costs
+
+    meta = {"config": {"type": "TrainConfig", "arch": "cnn4", "dataset": "cifar10", "train_subset": 1000},
+            "history": [{"seconds": 2.0}, {"seconds": 4.0}], "device": "cpu: AMD EPYC (2 threads)"}
+    costs = training_costs([meta, {**meta, "device": "cpu: X (1 threads)"}], {("cnn4", 2): 500.0}, {"cifar10": 50_000})
+    (cost,) = costs[("TrainConfig", "")]  # the 1-thread run has no CPU rate at 1 thread: skipped
+    assert cost.passes == pytest.approx(3.0 / 1000 * 500.0) and cost.arch == "cnn4"
+
+
+def test_paper_run_plan_has_a_row_for_every_chapter():
+    from pathlib import Path
+
+    from rsbook.papers import appendix_speed
+
+    notebooks = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("*.md"))
+    assert sorted(ch for ch, _ in appendix_speed.PAPER_MODULES) == notebooks
+    so = appendix_speed.scaleout_results()
+    table = appendix_speed.paper_run_plan(appendix_speed.paper_gpu_rates(so), list(so.values()))
+    assert list(table["chapter"]) == [ch for ch, _ in appendix_speed.PAPER_MODULES]
+    assert list(table.columns) == ["chapter", "command", "certification (GPU h)", "training (GPU h)", "total (GPU h)",
+                                   "counted", "rate from", "notes"]
+    assert all(c == f"rsbook run {ch} -p profile paper -p device cuda" for ch, c in zip(table["chapter"], table["command"]))
+    measured = table[table["chapter"].isin(["00_randomized_smoothing", "02_samplewise_smoothing", "04_variational_smoothing",
+                                            "05_leaderboard"])]
+    assert (measured["certification (GPU h)"] > 0).all() and measured["rate from"].str.contains("H200").all()

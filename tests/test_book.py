@@ -1,6 +1,7 @@
 """The book pipeline: parameters are checked, chapters run through papermill, the book builds elsewhere."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +154,7 @@ def test_book_builds_with_every_chapter_at_smoke_profile_outside_the_checkout(tm
     monkeypatch.setenv("MPLBACKEND", "Agg")  # as a headless CI might set it
     monkeypatch.setenv("RSBOOK_DATA", str(tmp_path / "no-data"))  # smoke needs no dataset
     before = _published_state()
-    assert build_book("smoke", out_dir=tmp_path / "book") == 0
+    assert build_book("smoke", out_dir=tmp_path / "book", jobs=2) == 0  # two chapters at a time: each runs torch on 1 thread
     assert _published_state() == before
     src = tmp_path / "book" / "src"
     status = json.loads((src / "book" / "generated" / "status.json").read_text())
@@ -344,3 +345,96 @@ def test_the_claims_check_finds_every_changed_number_and_verdict_but_not_a_timin
 def test_every_chapter_has_reference_claims():
     names = {p.name for p in (REPO / "book" / "claims").glob("*.claims.json")}
     assert names == {f"{c.stem}.claims.json" for c in chapters(REPO)}  # CI compares the cpu build with them (rsbook claims-diff)
+
+
+def _claims_file(folder: Path, chapter: str, rows: list[tuple[str, str]]) -> None:
+    """A claims file in the format of ``Claims.to_json``, written by hand: one row per ``(claim, verdict)``."""
+    claims = [{"claim": claim, "paper": "0.50", "ours": "0.48", "profile": "smoke", "verdict": verdict, "reason": f"why {i}",
+               "test": f"test {i}", "kind": "qualitative", "paper_value": None, "ours_value": None, "ours_low": None,
+               "ours_high": None, "margin": None} for i, (claim, verdict) in enumerate(rows)]
+    (folder / f"{chapter}.claims.json").write_text(json.dumps({"chapter": chapter, "profile": "smoke", "level": 0.95, "rule": "",
+                                                                "claims": claims}))
+
+
+def test_the_scorecard_counts_every_chapters_verdicts_and_lists_a_missing_chapter(tmp_path):
+    import re
+
+    from rsbook.book.scorecard import counts, load_claims, missing_chapters, scorecard_page
+
+    _claims_file(tmp_path, "00_a", [("a1", "reproduced"), ("a2", "reproduced"), ("a3", "partly"), ("E[x | y] = x", "not reproduced")])
+    _claims_file(tmp_path, "01_b", [("b1", "not comparable"), ("b2", "inconclusive"), ("b3", "reproduced")])
+    order = ["01_b", "02_gone", "00_a"]  # the book's order, not the files' names
+    df = load_claims(tmp_path, order)
+    assert list(df["chapter"]) == ["01_b"] * 3 + ["00_a"] * 4 and df["reason"].iloc[0] == "why 0; test 0"
+    table = counts(df)
+    assert list(table.index) == ["01_b", "00_a", "all"]
+    assert list(table.columns) == ["reproduced", "partly", "not reproduced", "not comparable", "inconclusive", "claims"]
+    assert table.loc["00_a"].tolist() == [2, 1, 1, 0, 0, 4]
+    assert table.loc["01_b"].tolist() == [1, 0, 0, 1, 1, 3]
+    assert table.loc["all"].tolist() == [3, 1, 1, 1, 1, 7]
+    assert missing_chapters(tmp_path, order) == ["02_gone"]
+    page = scorecard_page(tmp_path, "smoke", order, failed=["02_gone"])
+    lines = page.splitlines()
+    assert lines[0] == "# Scorecard" and [h for h in lines if h.startswith("#")] == ["# Scorecard", "## Verdicts", "## Every claim"]
+    assert "| 00_a | 2 | 1 | 1 | 0 | 0 | 4 |" in lines and "| **all** | **3** | **1** | **1** | **1** | **1** | **7** |" in lines
+    assert "| 02_gone | – | – | – | – | – | missing |" in lines and "**Missing**: `02_gone`" in page
+    assert any(r.startswith("| 02_gone | (no claims file") and "| missing |" in r for r in lines)
+    assert "| 00_a | E[x \\| y] = x | 0.50 | 0.48 | smoke | not reproduced | why 3; test 3 |" in lines
+    rows = [r for r in lines if r.startswith("|")]
+    assert all(len(re.findall(r"(?<!\\)\|", r)) == 8 for r in rows), rows  # both tables have 7 columns, every row well formed
+    assert len(rows) == (2 + 3 + 1) + (2 + 7 + 1)  # header, rule, 3 chapters, all; header, rule, 7 claims, 1 missing
+    assert [r.split(" | ")[0] for r in rows[8:]] == ["| 01_b"] * 3 + ["| 02_gone"] + ["| 00_a"] * 4  # book order
+
+
+def test_the_committed_reference_claims_load_with_known_verdicts(capsys):
+    from rsbook.book.claims import VERDICTS
+    from rsbook.book.scorecard import counts, load_claims
+
+    df = load_claims(REPO / "book" / "claims")
+    files = (REPO / "book" / "claims").glob("*.claims.json")
+    per_file = {p.name[:-len(".claims.json")]: len(json.loads(p.read_text())["claims"]) for p in files}
+    assert list(df["chapter"].unique()) == sorted(per_file)  # every file, by name (test_every_chapter_has_reference_claims: every chapter)
+    assert len(df) > 0 and set(df["verdict"]) <= set(VERDICTS) and (df["claim"] != "").all()
+    table = counts(df)
+    assert table["claims"].drop("all").to_dict() == per_file and table.loc["all", "claims"] == sum(per_file.values())
+    assert cli.main(["scorecard", str(REPO / "book" / "claims")]) == 0
+    shown = capsys.readouterr().out
+    assert all(c in shown for c in per_file) and "not comparable" in shown
+    assert cli.main(["scorecard", str(REPO / "no_such_folder")]) == 2
+
+
+def test_chapters_run_concurrently_in_toc_order_with_jobs(tmp_path, monkeypatch):
+    """Three chapters that each sleep 2 s, two at a time: they start in the toc's order (not the names'), the
+    first two overlap, the results and pages list them in the toc's order, and the status page names the versions."""
+    _fake_book(tmp_path, monkeypatch, "```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = \"cpu\"\n```\n")
+    (tmp_path / "notebooks" / "nb.md").unlink()
+    times = tmp_path / "times"
+    times.mkdir()
+    for name in ("a", "b", "c"):
+        (tmp_path / "notebooks" / f"{name}.md").write_text(
+            _NB_HEAD + "```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = \"cpu\"\n```\n\n"
+            f"```{{code-cell}} ipython3\nimport os, pathlib, time\nt0 = time.time()\ntime.sleep(2)\n"
+            f"pathlib.Path({str(times / name)!r}).write_text(\n"
+            f"    f'{{t0}} {{time.time()}} {{os.environ[\"RSBOOK_CLAIMS\"]}} {{os.getcwd()}}')\n```\n")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n- file: book/generated/c\n"
+                                       "- file: book/generated/a.ipynb\n- file: book/generated/b\n")
+    (tmp_path / "_config.yml").write_text("title: fake\n")
+    (tmp_path / "book").mkdir()
+    with pytest.raises(ValueError, match="jobs must be a non-negative integer"):
+        build_book("smoke", out_dir=tmp_path / "build", build_html=False, jobs=-1)
+    monkeypatch.chdir(times)
+    assert build_book("smoke", out_dir=tmp_path / "build", build_html=False, jobs=2) == 0
+    assert Path.cwd() == times and "RSBOOK_CLAIMS" not in os.environ  # this process's folder and environment are left alone
+    gen = tmp_path / "build" / "src" / "book" / "generated"
+    status = json.loads((gen / "status.json").read_text())
+    assert [s["chapter"] for s in status] == ["c", "a", "b"] and all(s["status"] == "ok" for s in status)
+    written = {n: (times / n).read_text().split() for n in "abc"}
+    assert all(w[2:] == [str(gen / f"{n}.claims.json"), str(tmp_path)] for n, w in written.items()), written  # each kernel its own
+    t = {n: (float(w[0]), float(w[1])) for n, w in written.items()}
+    assert max(t["c"][0], t["a"][0]) < min(t["c"][1], t["a"][1]), t  # c and a ran at the same time
+    assert t["b"][0] >= min(t["c"][1], t["a"][1]) - 0.5, t  # b waited for a free slot
+    page = (gen / "status.md").read_text()
+    assert page.index("| c |") < page.index("| a |") < page.index("| b |")
+    assert "up to 2 chapters at a time" in page and "- torch: `" in page and "- git commit: `" in page
+    scorecard = (gen / "scorecard.md").read_text()
+    assert scorecard.index("| c |") < scorecard.index("| a |") < scorecard.index("| b |") and "**Missing**: `c`, `a`, `b`" in scorecard

@@ -6,10 +6,11 @@ import pytest
 
 from rsbook.book.eta import Plan, Planned
 from rsbook.infra.artifacts import config_key
-from rsbook.papers import appendix_sequential, appendix_speed, cohen2019, heat_smoothing, samplewise, score_denoising, variational
+from rsbook.papers import (appendix_sequential, appendix_speed, cohen2019, heat_smoothing, leaderboard, samplewise, score_denoising,
+                          variational)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "book" / "artifacts"
-CHAPTERS = [cohen2019, samplewise, score_denoising, heat_smoothing, variational, appendix_sequential]
+CHAPTERS = [cohen2019, samplewise, score_denoising, heat_smoothing, variational, leaderboard, appendix_sequential]
 
 
 def _committed(chapter: str) -> set[str]:

@@ -1,6 +1,7 @@
 """Anytime-valid sequential certification: the confidence sequence, soundness against a known
 p_A (with a negative control that must fail), power against fixed N, and resume."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -246,3 +247,89 @@ def test_a2_claims_from_known_logs():
     assert rows[7].test.startswith("fixed N's wall time") and "busy machine (busy)" in rows[7].test
     assert a2.setting_note("cpu", 500, 50).startswith("**Setting.** Chapter 0's cnn4 models, 500 test images (sequential, fixed "
                                                       "N = 1,000), 50 (fixed N = 100,000)")
+
+
+# -- the betting confidence sequence ------------------------------------------------------------------
+
+
+def test_betting_wealth_is_the_product_of_the_bets_payoffs():
+    # Against a per-draw product computed here: chunks of draws, each chunk at the bet its past fixed.
+    from rsbook.core.sequential import BettingCS
+
+    rng = np.random.default_rng(3)
+    cs = BettingCS(0.01, (0.5, 0.8, 0.95), hedge=0.9, a=0.5, b=0.5)
+    x = rng.random(300) < 0.9
+    chunks = np.split(x, [64, 130, 220])
+    log_w, s, n = np.zeros((1, 3)), 0, 0
+    by_hand = np.zeros(3)
+    for c in chunks:
+        lam = cs.bets([s], [n])
+        for j, p in enumerate(cs.grid):
+            q = (s + 0.5) / (n + 1.0)
+            bet = min(max((q - p) / (p * (1 - p)), 0.0), 0.9 / p)
+            assert lam[0, j] == pytest.approx(bet)
+            by_hand[j] += sum(math.log(1 + bet * (float(v) - p)) for v in c)
+        log_w = cs.log_wealth(log_w, lam, [int(c.sum())], [len(c)])
+        s, n = s + int(c.sum()), n + len(c)
+    assert log_w[0] == pytest.approx(by_hand, rel=1e-10)
+    assert cs.lower(np.array([[True, True, False]]))[0] == 0.8 and cs.lower(np.array([[False, True, True]]))[0] == 0.0
+
+
+@pytest.mark.parametrize("p", [0.5, norm.cdf(1.0), 0.99])
+def test_the_betting_sequence_covers_the_true_mean_at_every_time_at_once(p):
+    # P(exists n: L_n >= p) <= alpha, with p itself on the grid (the hardest place): 4,000 runs to 20,000.
+    from rsbook.core.sequential import BettingCS, betting_grid
+
+    alpha, runs = 0.05, 4000
+    marks = checkpoints(64, 1.1, 20_000)
+    rng = np.random.default_rng(int(p * 1e5))
+    cs = BettingCS(alpha, betting_grid([p], 20_000))
+    log_w, rejected = np.zeros((runs, len(cs.grid))), np.zeros((runs, len(cs.grid)), bool)
+    s, n, ever = np.zeros(runs), 0, np.zeros(runs, bool)
+    for m in marks:
+        k = int(m) - n
+        hits = rng.binomial(k, p, runs)
+        log_w = cs.log_wealth(log_w, cs.bets(s, np.full(runs, n)), hits, np.full(runs, k))
+        rejected |= log_w >= cs.threshold
+        ever |= cs.lower(rejected) >= p
+        s, n = s + hits, int(m)
+    assert ever.mean() <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+    assert not ever.all()
+
+
+def test_betting_certificates_at_the_boundary_are_wrong_at_most_alpha_of_the_time():
+    alpha, runs, sigma = 0.1, 1000, 1.0
+    smooth = _smooth(sigma)
+    seq = Sequential(radii=(0.5, 1.0), first=32, growth=1.2, sequence="betting")
+    out = list(smooth.certify_sequential_many(_threshold_items(norm.cdf(1.0), sigma, runs), 10, 2000, alpha, 8192, seq, window=1000))
+    assert np.mean([c.certified[2] for c in out]) <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+    assert np.mean([c.certified[1] for c in out]) > 0.9  # the true radius 0.5 is certified
+
+
+def test_betting_decides_like_fixed_n_with_far_fewer_samples():
+    sigma, n_max = 1.0, 100_000
+    smooth = _smooth(sigma)
+    seq = Sequential(radii=(0.5, 1.0, 2.0, 3.0), sequence="betting")
+    out = list(smooth.certify_sequential_many(_threshold_items(0.99, sigma, 40, seed=5), 100, n_max, 0.001, 8192, seq))
+    assert (np.array([c.certified for c in out]) == np.array((1, 1, 1, 1, 0), bool)).mean() >= 0.97
+    assert np.mean([c.samples for c in out]) < n_max / 20
+    # a radius above the cap is given up before sampling (rule a: even all successes could not reach 1/alpha)
+    c = _smooth(1.0, ThresholdClassifier(-100.0)).certify_sequential(torch.zeros(1, 1, 1), 10, 1000, 0.001, 1000,
+                                                                   Sequential(radii=(3.0,), sequence="betting"))
+    assert c.certified == (True, False) and c.estimation <= 200
+
+
+def test_betting_is_refused_for_estimation_and_unknown_sequences_name_the_choices():
+    with pytest.raises(ValueError, match="decides at radii only"):
+        Sequential(precision=0.05, sequence="betting")
+    with pytest.raises(ValueError, match="beta-binomial"):
+        Sequential(sequence="kelly")
+
+
+def test_adding_the_sequence_field_keeps_every_stored_key():
+    from rsbook.infra.artifacts import config_key
+    from rsbook.runs.runner import CertifyConfig
+
+    cfg = CertifyConfig(model=None, sequential=Sequential(radii=(0.0, 0.5)))  # a key computed before the field existed
+    assert config_key(cfg) == config_key(dataclasses.replace(cfg, sequential=Sequential(radii=(0.0, 0.5), sequence="beta-binomial")))
+    assert config_key(cfg) != config_key(dataclasses.replace(cfg, sequential=Sequential(radii=(0.0, 0.5), sequence="betting")))

@@ -42,6 +42,7 @@ import pandas as pd
 __all__ = ["Claim", "Claims", "Estimate", "Check", "VERDICTS", "RULE", "LEVEL", "MARGIN", "proportion", "median", "mean",
            "exact", "greater", "numeric_verdict", "qualitative_verdict"]
 
+#: Every verdict a claim can have.
 VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive", "not comparable")
 LEVEL = 0.95  # every interval's confidence level; a one-sided test's level is 1 - (1 - LEVEL)
 MARGIN = 0.05  # the default margin of a proportion: an accuracy of a smaller model / budget than the paper's

@@ -3,9 +3,10 @@
 ``run_notebook`` validates parameters against the chapter's ``parameters`` cell (papermill
 itself only warns about unknown names), executes it with papermill and records run time,
 device and outcome; the rendered notebook shows one parameters cell holding the values the
-run used. ``build_book`` runs every chapter, writes the status page, builds the HTML with
-Jupyter Book (notebook execution off), and fails if any chapter failed -- after building, so
-the failed notebook and its traceback are on the page.
+run used. ``build_book`` runs every chapter (``jobs`` of them at once, each in its own kernel),
+writes the status page and the scorecard (:mod:`rsbook.book.scorecard`, from the claims files the
+chapters wrote), builds the HTML with Jupyter Book (notebook execution off), and fails if any
+chapter failed -- after building, so the failed notebook and its traceback are on the page.
 
 The published book (profile ``cpu``) is built in the checkout (``book/generated/``,
 ``_build/html``). Any other profile, or an explicit ``out_dir``, builds a staged copy of the
@@ -25,14 +26,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from ..infra.distributed import resolve_device
 from ..infra.paths import repo_root
 from .profiles import check_profile
+from .scorecard import markdown_cell as _cell
+from .scorecard import scorecard_page
 
 __all__ = [
     "UnknownParameterError",
@@ -44,6 +48,8 @@ __all__ = [
     "run_notebook",
     "build_book",
     "chapters",
+    "toc_order",
+    "build_versions",
     "stage_sources",
     "KERNEL_ARGUMENTS",
 ]
@@ -62,6 +68,30 @@ def chapters(root: Path | None = None) -> list[Path]:
     """The chapter sources, in book order (``notebooks/*.md``, sorted by name)."""
     root = root or repo_root()
     return sorted((root / "notebooks").glob("*.md"))
+
+
+def toc_order(paths: Sequence[Path], root: Path | None = None) -> list[Path]:
+    """``paths`` (chapter sources) in the order their pages appear in ``_toc.yml``
+    (``book/generated/<stem>``); a chapter the table of contents does not name comes after, by name."""
+    import yaml
+
+    root = root or repo_root()
+    toc = root / "_toc.yml"
+    files: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("file"), str):
+                files.append(re.sub(r"\.(md|ipynb)$", "", node["file"]))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(yaml.safe_load(toc.read_text()) if toc.exists() else None)
+    position = {f: i for i, f in reversed(list(enumerate(files)))}
+    return sorted(paths, key=lambda p: (position.get(f"book/generated/{Path(p).stem}", len(files)), Path(p).name))
 
 
 def notebook_source(name: str | Path, root: Path | None = None) -> Path:
@@ -225,7 +255,12 @@ def run_notebook(
 
     The executed notebook is written even when a cell fails (with the traceback in it); the
     result then has ``status="failed"``. The chapter's claims, if it records any, are written
-    beside it as ``<output stem>.claims.json``.
+    beside it as ``<output stem>.claims.json`` (an older file there is removed first, so the file
+    is always this run's).
+
+    Safe to call from several threads at once: the kernel gets its environment and working
+    folder (``cwd``, default the checkout) at its start, and this process's ``os.environ`` and
+    working folder are never changed.
 
     Nothing the run writes to temporary folders outlives it, failed or not: the kernel's
     ``TMPDIR`` and ``RSBOOK_TMP`` (where the ``smoke`` and ``dry_run`` artifact stores go, see
@@ -242,36 +277,32 @@ def run_notebook(
         check_profile(params["profile"])
     if "device" in params:  # a bad device name fails here, with the fix, not after a kernel start
         resolve_device(params["device"], params.get("profile"))
-    output = Path(output)
+    output = Path(output).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
-    cwd = Path(cwd) if cwd else repo_root()
+    claims = output.with_suffix(".claims.json")
+    claims.unlink(missing_ok=True)  # a stale file must not pass for this run's claims
+    cwd = (Path(cwd) if cwd else repo_root()).resolve()
     with tempfile.TemporaryDirectory(prefix="rsbook-run-", ignore_cleanup_errors=True) as tmp:
         src_nb = Path(tmp) / f"{source.stem}.ipynb"
         import nbformat
 
         nbformat.write(_read(source), src_nb)
         info_path = Path(tmp) / "run_info.json"
-        # The kernel inherits this process's environment: record where to write run info and
-        # claims, and make sure figures render inline (a caller's MPLBACKEND=Agg would
-        # silently drop them).
-        env = {"RSBOOK_RUN_INFO": str(info_path), "RSBOOK_CLAIMS": str(output.with_suffix(".claims.json")),
+        # The kernel gets this process's environment plus where to write run info and claims,
+        # and inline figures (a caller's MPLBACKEND=Agg would silently drop them). Both it and
+        # the working folder go to the kernel's start only (papermill's own ``cwd`` would
+        # os.chdir the whole process, which concurrent runs would undo for one another).
+        env = {"RSBOOK_RUN_INFO": str(info_path), "RSBOOK_CLAIMS": str(claims),
                "MPLBACKEND": "module://matplotlib_inline.backend_inline", **_temporary_env(Path(tmp), tmp_dir)}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
         t0 = time.perf_counter()
         error = ""
         try:
-            pm.execute_notebook(str(src_nb), str(output), parameters=params, kernel_name="python3", cwd=str(cwd), log_output=log_output,
-                                progress_bar=False, extra_arguments=KERNEL_ARGUMENTS)
+            pm.execute_notebook(str(src_nb), str(output), parameters=params, kernel_name="python3", log_output=log_output,
+                                progress_bar=False, extra_arguments=KERNEL_ARGUMENTS,
+                                kernel_manager_class=_kernel_manager_class(env, cwd))
             status = "ok"
         except pm.PapermillExecutionError as exc:
             status, error = "failed", f"{exc.ename}: {exc.evalue}"
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         seconds = time.perf_counter() - t0
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
     if output.exists():
@@ -286,6 +317,22 @@ def run_notebook(
         error=error,
         finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _kernel_manager_class(env: Mapping[str, str], cwd: Path) -> type:
+    """A kernel manager class (for nbclient's ``kernel_manager_class``) whose kernel starts in
+    ``cwd`` with ``env`` added to this process's environment, leaving the process's own alone."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    extra, folder = dict(env), str(cwd)
+
+    class RunKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:  # a restart reuses these launch arguments
+            kw["env"] = {**os.environ, **kw.get("env", {}), **extra}
+            kw.setdefault("cwd", folder)
+            await super().start_kernel(**kw)
+
+    return RunKernelManager
 
 
 def _temporary_env(tmp: Path, stores: str | Path | None) -> dict[str, str]:
@@ -306,12 +353,36 @@ def _temporary_env(tmp: Path, stores: str | Path | None) -> dict[str, str]:
     return env
 
 
-def _status_page(results: list[RunResult], profile: str) -> str:
+#: The packages whose versions the status page shows (keys of :func:`rsbook.infra.provenance.provenance`).
+_VERSIONS = ("python", "torch", "torchvision", "numpy", "scipy", "rsbook", "git_commit")
+
+
+def build_versions() -> dict[str, str]:
+    """The versions this build ran with: python, torch, torchvision, numpy, scipy, rsbook and its
+    git commit (from :func:`rsbook.infra.provenance.provenance`; the kernels share this environment)."""
+    from ..infra.provenance import provenance
+
+    info = provenance("cpu")
+    return {k: info[k] for k in _VERSIONS}
+
+
+def _status_page(results: list[RunResult], profile: str, versions: Mapping[str, str] | None = None,
+                 wall_seconds: float | None = None, jobs: int = 1) -> str:
+    versions = build_versions() if versions is None else versions
     lines = [
         "# Build status",
         "",
         f"Every chapter of this build was executed by papermill at profile `{profile}` just before the",
         "HTML was rendered. A failed chapter is still shown, with its traceback, and fails the build.",
+        "",
+    ]
+    if wall_seconds is not None:
+        at_once = f", up to {jobs} chapters at a time" if jobs > 1 else ", one chapter at a time"
+        lines += [f"The chapters took {wall_seconds:.0f} s of wall time in all{at_once}. The build ran with:", ""]
+    else:
+        lines += ["The build ran with:", ""]
+    lines += [f"- {k.replace('_', ' ')}: `{v}`" for k, v in versions.items()]
+    lines += [
         "",
         "| chapter | profile | outcome | run time | device | finished (UTC) |",
         "|---|---|---|---|---|---|",
@@ -361,35 +432,83 @@ def stage_sources(root: Path, dst: Path) -> Path:
     return dst
 
 
+def _workers(jobs: int) -> int:
+    """How many chapters run at once for ``jobs`` (0: one per CPU core this process may use)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
+        raise ValueError(f"jobs must be a non-negative integer (0: one per CPU core), got {jobs!r}")
+    if jobs:
+        return jobs
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _run_all(todo: Sequence[Path], workers: int, run: Callable[[Path], RunResult]) -> list[RunResult]:
+    """``run`` every chapter of ``todo``, ``workers`` at a time, started in ``todo``'s order; the
+    results come back in that order too, whatever order they finish in."""
+    def report(r: RunResult) -> None:
+        print(f"[rsbook] {r.chapter}: {r.status} in {r.seconds:.0f} s on {r.device}" + (f" -- {r.error}" if r.error else ""), flush=True)
+
+    if workers <= 1 or len(todo) <= 1:
+        results = []
+        for src in todo:
+            results.append(run(src))
+            report(results[-1])
+        return results
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="rsbook-chapter")
+    try:  # the pool takes its queue in submission order: the first chapters start first
+        futures = {pool.submit(run, src): i for i, src in enumerate(todo)}
+        done: dict[int, RunResult] = {}
+        for f in as_completed(futures):
+            done[futures[f]] = f.result()
+            report(done[futures[f]])
+    finally:  # on an interrupt, chapters not yet started are not started
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [done[i] for i in range(len(todo))]
+
+
 def build_book(
     profile: str = "cpu",
     only: list[str] | None = None,
     build_html: bool = True,
     strict: bool = True,
     out_dir: str | Path | None = None,
+    jobs: int = 1,
 ) -> int:
     """Execute every chapter at ``profile`` and build the HTML; returns 0 if all ran and the book built.
 
     ``cpu`` without ``out_dir`` builds the published book in the checkout
     (``book/generated/``, ``_build/html``); otherwise a staged copy is built in ``out_dir``
     (default ``_build/<profile>``), whose HTML ends up in ``<out_dir>/src/_build/html``.
+
+    ``jobs`` chapters run at once (each is its own kernel, on one torch thread at the published
+    profiles; ``0``: one per CPU core), started in table-of-contents order; the status page, the
+    scorecard and ``status.json`` list them in that order, whatever order they finish in.
+
+    Raises:
+        ValueError: for a negative ``jobs`` or an unknown ``profile``.
     """
     check_profile(profile)
+    workers = _workers(jobs)
     root = repo_root()
     staged = out_dir is not None or profile != "cpu"
     src_root = stage_sources(root, Path(out_dir or root / "_build" / profile) / "src") if staged else root
     gen = src_root / "book" / "generated"
     gen.mkdir(parents=True, exist_ok=True)
-    results = []
-    for src in chapters(root):
-        if only and src.stem not in only:
-            continue
+    todo = [src for src in toc_order(chapters(root), root) if not only or src.stem in only]
+
+    def run(src: Path) -> RunResult:
         print(f"[rsbook] running {src.stem} at profile={profile} ...", flush=True)
-        r = run_notebook(src, gen / f"{src.stem}.ipynb", {"profile": profile}, cwd=root)
-        print(f"[rsbook] {src.stem}: {r.status} in {r.seconds:.0f} s on {r.device}" + (f" -- {r.error}" if r.error else ""), flush=True)
-        results.append(r)
-    (gen / "status.md").write_text(_status_page(results, profile))
+        return run_notebook(src, gen / f"{src.stem}.ipynb", {"profile": profile}, cwd=root)
+
+    t0 = time.perf_counter()
+    results = _run_all(todo, workers, run)
+    wall = time.perf_counter() - t0
+    (gen / "status.md").write_text(_status_page(results, profile, build_versions(), wall, min(workers, max(len(todo), 1))))
     (gen / "status.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    (gen / "scorecard.md").write_text(scorecard_page(gen, profile, [r.chapter for r in results],
+                                                     failed=[r.chapter for r in results if r.status != "ok"]))
     ok = all(r.status == "ok" for r in results)
     if build_html:
         cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src_root), "--builder", "html"]

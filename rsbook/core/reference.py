@@ -42,7 +42,7 @@ def reference_counts(model, x: torch.Tensor, num: int, noise: Noise, num_classes
 def reference_certify(model, x, n0, n, alpha, noise, num_classes, seed: int, batch: int = REFERENCE_BATCH):
     """The published CERTIFY's counts ``(counts0, counts)``, the global RNG seeded by ``seed``.
 
-    ``seed`` plays the role of :func:`~rsbook.runs.runner.image_generator`'s seed, so the
+    ``seed`` plays the role of :func:`~rsbook.core.streams.image_generator`'s seed, so the
     engine, seeded the same way, draws the same Gaussian noise.
     """
     torch.manual_seed(seed)

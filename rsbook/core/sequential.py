@@ -41,6 +41,24 @@ any sample is drawn), and (b) when the upper end of the ``(1 - futility)`` seque
 below the ``S/n_max`` that certification at ``n_max`` needs: with probability at least
 ``1 - futility`` the input would not have been certified at ``r`` by ``n_max`` then either.
 
+The betting sequence (:class:`BettingCS`, ``Sequential(sequence="betting")``)
+--------------------------------------------------------------------------------
+A second confidence sequence, from testing by betting (Waudby-Smith & Ramdas 2023): against each
+null value ``p`` of a grid ``p_0 < p_1 < ...`` (the thresholds of the radii, plus a fine grid), a
+bettor stakes ``lambda_k(p) in [0, h / p]`` on "the next draw succeeds", with a **predictable
+plug-in** bet fixed before chunk ``k`` from the earlier chunks only: the Kelly bet for a Bernoulli
+mean, ``lambda = (q - p) / (p (1 - p))``, at the shrunk estimate ``q = (S + a) / (n + a + b)``,
+clipped to ``[0, h / p]`` (``h < 1`` keeps the wealth positive). Its wealth
+``K_n(p) = prod (1 + lambda_k (X_i - p))`` is a nonnegative supermartingale for every true mean
+``<= p`` (each factor has mean ``1 + lambda (p_A - p) <= 1``), so by Ville's inequality it reaches
+``1/alpha`` with probability at most ``alpha``. The grid point ``g = min{p_j >= p_A}`` alone
+decides coverage: "``p_A > p_j``" is claimed only once every grid point ``<= p_j`` has been
+rejected (at some time), which for ``p_j >= p_A`` includes ``g``. So **one alpha covers every
+radius and every stopping time** here too; the lower bound is the largest such ``p_j``
+(rounded down to the grid). Giving up uses rule (a) exactly (the wealth a run of successes could
+still reach, at the capped bet) and rule (b) with the Beta-binomial futility sequence (it affects
+power only). Only the decide mode is offered with this sequence.
+
 As in CERTIFY, ``n0`` separate selection samples choose ``c_A`` and are not reused.
 """
 
@@ -61,6 +79,8 @@ from .noise import Noise
 
 __all__ = [
     "BetaBinomialCS",
+    "BettingCS",
+    "SEQUENCES",
     "Sequential",
     "SequentialCertificate",
     "certify_sequential",
@@ -130,6 +150,74 @@ def required_successes(cs: BetaBinomialCS, n: int, t: float) -> int | None:
     return hi
 
 
+#: The confidence sequences :class:`Sequential` offers.
+SEQUENCES = ("beta-binomial", "betting")
+
+
+@dataclass(frozen=True)
+class BettingCS:
+    """Predictable plug-in betting against a grid of null values (see the module docstring).
+
+    ``grid`` holds the null values ``p_j`` (sorted, in ``(0, 1)``); ``hedge`` caps each bet at
+    ``hedge / p``; ``a``, ``b`` shrink the plug-in estimate ``q = (S + a) / (n + a + b)``. The state of
+    one input is its log wealth per grid point and which points were ever rejected.
+    """
+
+    alpha: float
+    grid: tuple[float, ...]
+    hedge: float = 0.9
+    a: float = 0.5
+    b: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
+        g = np.asarray(self.grid, float)
+        if g.ndim != 1 or not len(g) or np.any(np.diff(g) <= 0) or g[0] <= 0 or g[-1] >= 1:
+            raise ValueError("grid must be a strictly increasing sequence of null values in (0, 1)")
+        if not 0 < self.hedge < 1:
+            raise ValueError(f"hedge must lie in (0, 1), got {self.hedge}")
+
+    @property
+    def threshold(self) -> float:
+        """``log(1 / alpha)``: the log wealth at which a null value is rejected."""
+        return math.log(1 / self.alpha)
+
+    def bets(self, s, n) -> np.ndarray:
+        """``lambda(p_j)`` per grid point for inputs with ``s`` successes in ``n`` draws so far, shape ``(len(s), len(grid))``."""
+        p = np.asarray(self.grid, float)[None, :]
+        q = ((np.asarray(s, float) + self.a) / (np.asarray(n, float) + self.a + self.b))[:, None]
+        return np.clip((q - p) / (p * (1 - p)), 0.0, self.hedge / p)
+
+    def log_wealth(self, log_w, bets, s, m) -> np.ndarray:
+        """The log wealth after a chunk of ``m`` draws with ``s`` successes, each at its input's fixed ``bets``."""
+        p = np.asarray(self.grid, float)[None, :]
+        s, m = np.asarray(s, float)[:, None], np.asarray(m, float)[:, None]
+        return log_w + s * np.log1p(bets * (1 - p)) + (m - s) * np.log1p(-bets * p)
+
+    def best_gain(self) -> np.ndarray:
+        """The largest log-wealth gain of one draw per grid point (a success at the capped bet)."""
+        p = np.asarray(self.grid, float)
+        return np.log1p(self.hedge * (1 - p) / p)
+
+    def lower(self, rejected) -> np.ndarray:
+        """The lower bound per input: the largest ``p_j`` with every grid point ``<= p_j`` rejected (0 if none)."""
+        r = np.atleast_2d(np.asarray(rejected, bool))
+        prefix = np.cumprod(r, axis=1).sum(axis=1)  # rejected grid points before the first one that is not
+        g = np.r_[0.0, np.asarray(self.grid, float)]
+        return g[prefix]
+
+
+def betting_grid(thresholds: Iterable[float], n_max: int, per_decade: int = 32) -> tuple[float, ...]:
+    """The null values of :class:`BettingCS`: the radii's ``thresholds`` (exactly, so each radius is
+    decided at its own threshold) and ``1 - 10^(-k / per_decade) / 2`` from 1/2 up to ``1 - 1 / n_max``,
+    so that the reported lower bound (hence the radius) is fine where ``p_A`` is large."""
+    k = np.arange(0, int(math.ceil(per_decade * math.log10(n_max / 2))) + 1)
+    fine = 1 - 0.5 * 10.0 ** (-k / per_decade)
+    pts = np.r_[np.asarray(list(thresholds), float), fine]
+    return tuple(float(v) for v in np.unique(pts[(pts > 0) & (pts < 1)]))
+
+
 def checkpoints(first: int, growth: float, n_max: int) -> np.ndarray:
     """Sample sizes after which the sequence is read: ``ceil(first * growth^k)``, up to ``n_max``."""
     if first < 1 or growth <= 1:
@@ -156,6 +244,8 @@ class Sequential:
             have certified (affects only power, never soundness).
         prior_a, prior_b: the Beta prior of the confidence sequence (fixed before any sample).
         first, growth: the sequence is read after ``ceil(first * growth^k)`` estimation samples.
+        sequence: the confidence sequence, ``"beta-binomial"`` (:class:`BetaBinomialCS`) or
+            ``"betting"`` (:class:`BettingCS`, decide mode only).
     """
 
     radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -165,6 +255,7 @@ class Sequential:
     prior_b: float = 0.1
     first: int = 64
     growth: float = 1.1
+    sequence: str = field(default="beta-binomial", metadata={"key_omits_default": True})
 
     def __post_init__(self) -> None:
         radii = tuple(sorted({0.0, *(float(r) for r in self.radii)}))
@@ -175,6 +266,10 @@ class Sequential:
             raise ValueError(f"precision must be > 0 (or None to decide at radii), got {self.precision}")
         if not 0 < self.futility < 1:
             raise ValueError(f"futility must lie in (0, 1), got {self.futility}")
+        if self.sequence not in SEQUENCES:
+            raise ValueError(f"sequence must be one of {SEQUENCES}, got {self.sequence!r}")
+        if self.sequence == "betting" and self.precision is not None:
+            raise ValueError("the betting sequence decides at radii only; use sequence='beta-binomial' to estimate (precision)")
         checkpoints(self.first, self.growth, self.first + 1)
 
 
@@ -209,6 +304,17 @@ class _State:
     decided: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     certified: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     done: bool = False
+    bet: "_Bettor | None" = None  # the betting sequence's state (None: Beta-binomial)
+
+
+@dataclass
+class _Bettor:
+    """One input's betting state: the grid, each radius's grid index, log wealth, rejected points."""
+
+    cs: BettingCS
+    index: np.ndarray  # grid position of each radius's threshold
+    log_w: np.ndarray
+    rejected: np.ndarray
 
 
 def certify_sequential(
@@ -237,20 +343,25 @@ def certify_sequential(
     fut = BetaBinomialCS(seq.futility, seq.prior_a, seq.prior_b)
     marks = checkpoints(seq.first, seq.growth, int(n_max))
     radii = np.array(seq.radii)
-    need_cache: dict[Noise, tuple[np.ndarray, np.ndarray]] = {}
+    need_cache: dict[Noise, tuple[np.ndarray, np.ndarray, BettingCS | None]] = {}
+    betting = seq.sequence == "betting"
 
-    def thresholds(noise: Noise) -> tuple[np.ndarray, np.ndarray]:
+    def thresholds(noise: Noise) -> tuple[np.ndarray, np.ndarray, BettingCS | None]:
         if noise not in need_cache:
             t = np.asarray(noise.required_p(radii), float)
             need = np.array([n_max + 1 if (v := required_successes(cs, int(n_max), float(ti))) is None else v for ti in t])
-            need_cache[noise] = (t, need)
+            bcs = BettingCS(alpha, betting_grid(t, int(n_max))) if betting else None
+            need_cache[noise] = (t, need, bcs)
         return need_cache[noise]
 
     def state(item: Item) -> _State:
         noise = as_noise(item.noise, default_noise or engine.noise, where=f"item {item.key!r}, field 'noise'")
-        t, need = thresholds(noise)
+        t, need, bcs = thresholds(noise)
         st = _State(item.key, item.x, item.generator, noise, item.c_a, 0, t, need,
                     decided=np.zeros(len(radii), bool), certified=np.zeros(len(radii), bool))
+        if bcs is not None:
+            g = np.asarray(bcs.grid)
+            st.bet = _Bettor(bcs, np.searchsorted(g, t), np.zeros(len(g)), np.zeros(len(g), bool))
         _update(st)  # radii beyond the cap are decided before any sample
         return st
 
@@ -258,11 +369,20 @@ def certify_sequential(
         """Fold in the bounds after the latest chunk (``lower``/``upper``: ``L_n`` and the
         futility sequence's ``U_n``, computed for the whole round at once)."""
         st.lower = max(st.lower, lower)
-        hit = ~st.decided & (st.lower > st.thresholds)
+        if st.bet is None:
+            hit = ~st.decided & (st.lower > st.thresholds)
+        else:  # a radius is certified once every grid point up to its threshold is rejected
+            hit = ~st.decided & (st.lower >= st.thresholds)
         st.certified |= hit
         st.decided |= hit
         reach = st.s + (n_max - st.n)  # successes at n_max if every remaining sample agrees
-        give_up = reach < st.need
+        if st.bet is None:
+            give_up = reach < st.need
+        else:  # the wealth a run of successes at the capped bet could still reach, per grid point
+            b = st.bet
+            short = ~b.rejected & (b.log_w + (n_max - st.n) * b.cs.best_gain() < b.cs.threshold)
+            first_short = int(np.argmax(short)) if short.any() else len(short)
+            give_up = b.index >= first_short
         if st.n and seq.precision is None:
             give_up |= upper * n_max < st.need
         st.decided |= give_up & ~st.decided
@@ -327,12 +447,20 @@ def certify_sequential(
                 st.c_a = int(np.argmax(counts[0]))
                 st.selection = int(counts[0].sum())
             else:
-                st.s += int(counts[0][st.c_a])
-                st.n += int(counts[0].sum())
+                hits, m = int(counts[0][st.c_a]), int(counts[0].sum())
+                if st.bet is not None:  # the bets were fixed by the earlier chunks (s, n before this one)
+                    b = st.bet
+                    lam = b.cs.bets([st.s], [st.n])
+                    b.log_w = b.cs.log_wealth(b.log_w[None, :], lam, [hits], [m])[0]
+                    b.rejected |= b.log_w >= b.cs.threshold
+                st.s += hits
+                st.n += m
                 sampled.append(st)
         if sampled:
             s_, n_ = np.array([st.s for st in sampled]), np.array([st.n for st in sampled])
-            for st, lo, up in zip(sampled, cs.lower(s_, n_), fut.upper(s_, n_)):
+            lows = (cs.lower(s_, n_) if not betting else
+                    np.array([float(st.bet.cs.lower(st.bet.rejected[None, :])[0]) for st in sampled]))
+            for st, lo, up in zip(sampled, lows, fut.upper(s_, n_)):
                 _update(st, float(lo), float(up))
         active = [st for st in active if not st.done]
 

@@ -64,16 +64,25 @@ def _plain(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+def _omit_defaults(value: Any, d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` (the plain dict of the dataclass ``value``) without its ``key_omits_default`` fields at their
+    default, in nested config dataclasses too (so a field added to a nested config keeps old keys)."""
+    for f in dataclasses.fields(value):  # fields added later keep old keys at their default
+        v = getattr(value, f.name)
+        if f.metadata.get("key_omits_default") and v == f.default:
+            d.pop(f.name, None)
+        elif f.name in d and isinstance(d[f.name], dict) and dataclasses.is_dataclass(v) and not isinstance(v, type):
+            _omit_defaults(v, d[f.name])
+    return d
+
+
 def config_key(config: Any) -> str:
     """``<type>-<12 hex digits>``: a stable name for the config (same fields, same key).
 
     A field declared with ``metadata={"key_omits_default": True}`` is left out of the key
     while it has its default value, so adding such a field keeps every existing key.
     """
-    d = config_dict(config)
-    for f in dataclasses.fields(config):  # fields added later keep old keys at their default
-        if f.metadata.get("key_omits_default") and getattr(config, f.name) == f.default:
-            d.pop(f.name)
+    d = _omit_defaults(config, config_dict(config))
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return f"{d['type'].lower()}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 

@@ -28,7 +28,9 @@ from . import cohen2019
 __all__ = ["CHAPTER", "MIXED_SIGMAS", "chapter0_weights", "runs", "denoised_runs", "dual_runs", "dual_summary", "planned_work", "scaleout_results", "scaleout_live", "gpu_rates",
            "projected_paper_hours", "SCALEOUT_GPUS", "TARGET_RULE", "measured_on", "same_machine", "same_machine_words",
            "machines_sentence", "machine_load", "target_check", "target_words", "summary_table", "targets_table", "speedup_factors",
-           "denoised_summary", "cpu_pair", "stored_result", "machines_note", "cpu_features_text", "speedup_note", "ENGINE_TARGET", "PAGE", "claims"]
+           "denoised_summary", "cpu_pair", "stored_result", "machines_note", "cpu_features_text", "speedup_note", "ENGINE_TARGET", "PAGE", "claims",
+           "PAPER_MODULES", "Rate", "TrainingCost", "PlanHours", "cpu_rates", "training_kind", "training_size", "training_arch",
+           "training_costs", "gpu_rate_for", "sequential_fraction", "project_plan", "paper_gpu_rates", "paper_run_plan"]
 
 CHAPTER = "benchmark"  # the artifact folder: book/artifacts/benchmark/
 PAGE = "A1_certification_speed"  # the page's notebook, whose claims table this module builds
@@ -587,3 +589,313 @@ def claims(profile: str, results: list[dict], table, den_checks: list[dict], ide
                   exact(100_100 / rate, "projected from a measured rate"), comparable=False, fmt="{:.1f}",
                   why=f"measured on one {gpu} (fp32, eager, random weights: the rate does not depend on them); the paper's GPU is older")
     return c
+
+
+# -- a paper run plan for every chapter: GPU hours from measured throughput -----------------------
+
+#: The book's pages in order, by notebook name, with the module that plans each (A1 plans benchmarks only).
+PAPER_MODULES = (("00_randomized_smoothing", "cohen2019"), ("01_denoised_smoothing", "score_denoising"),
+                 ("02_samplewise_smoothing", "samplewise"), ("03_heat_smoothing", "heat_smoothing"),
+                 ("04_variational_smoothing", "variational"), ("05_leaderboard", "leaderboard"),
+                 ("A1_certification_speed", "appendix_speed"), ("A2_sequential_certification", "appendix_sequential"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rate:
+    """A measured throughput (noise samples, i.e. forward passes, per second) and where it comes from, in words."""
+
+    per_s: float
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingCost:
+    """What one training image costs per epoch, in certification forward passes of the measured architecture
+    (seconds per image-epoch measured on a CPU times that CPU's certification rate for the same architecture and
+    threads), and where it was measured, in words."""
+
+    passes: float
+    source: str
+    arch: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanHours:
+    """:func:`project_plan`'s answer for one plan: seconds on one GPU of the counted work, what was counted of how
+    much, the rates used (words) and what could not be projected."""
+
+    certification_s: float
+    training_s: float
+    certifications: tuple[int, int]  # counted, planned
+    trainings: tuple[int, int]
+    rate_from: tuple[str, ...]
+    not_measured: tuple[str, ...]
+
+
+def _threads(device: str) -> int | None:
+    """The torch thread count in a recorded CPU device name (``"cpu: AMD EPYC (2 threads)"``), else ``None``."""
+    import re
+
+    m = re.search(r"\((\d+) threads?\)", device or "")
+    return int(m.group(1)) if m else None
+
+
+def cpu_rates(results: list[dict]) -> dict[tuple[str, int], float]:
+    """``{(arch, threads): samples/s}`` measured on a CPU: the one-process rate of each CPU ``bench scaleout`` run
+    and ``Smooth.certify``'s rate of each uncontended fp32 ``bench certify`` run (the best per key)."""
+    out: dict[tuple[str, int], float] = {}
+    for res in results:
+        meta = res["meta"]
+        arch, device = meta["config"].get("model"), measured_on(res)
+        if not arch or not device.startswith("cpu") or is_contended(res):
+            continue
+        if "one_process_samples_per_s" in meta:
+            one = [r for r in res["rows"] if r["procs"] == 1]
+            rate, threads = meta["one_process_samples_per_s"], one[0]["threads_per_proc"] if one else None
+        elif meta["config"].get("precision") == "fp32" and "Smooth.certify (engine)" in _rows(res):
+            rate, threads = _rows(res)["Smooth.certify (engine)"]["per_s"], _threads(device)
+        else:
+            continue
+        if rate and threads and rate > out.get((arch, threads), 0.0):
+            out[(arch, threads)] = float(rate)
+    return out
+
+
+def _find(d: dict, key: str):
+    """The first value of ``key`` in a nested config dict (breadth first), else ``None``."""
+    todo = [d]
+    while todo:
+        x = todo.pop(0)
+        if key in x and x[key] not in (None, ""):
+            return x[key]
+        todo += [v for v in x.values() if isinstance(v, dict)]
+    return None
+
+
+def training_kind(cfg: dict) -> tuple[str, str]:
+    """``(kind, settings)`` of a training config (as a dict): what its cost per image-epoch depends on besides the
+    architecture (the kind must match to use a measurement; settings that differ are named in the table)."""
+    t = cfg.get("type") or ""
+    if t == "DenoiserConfig":
+        return f"{t} {cfg.get('arch')}", ""
+    if t == "AdvConfig":
+        return t, f"{cfg.get('method')} steps={cfg.get('steps')} m={cfg.get('m', 1)}"
+    if t == "SelectorConfig":
+        return t, f"n_h={cfg.get('n_h')}, n_f={cfg.get('n_f')}"
+    if t == "HeatConfig":
+        return t, f"imagenet_variant={cfg.get('imagenet_variant')}"
+    return t, ""
+
+
+def training_size(cfg: dict, train_sizes: dict[str, int]) -> tuple[int, int]:
+    """``(images per epoch, epochs)`` of a training config (as a dict); a heat config trains
+    ``timesteps * epochs_per_timestep`` epochs."""
+    images = _find(cfg, "train_subset") or train_sizes[_find(cfg, "dataset")]
+    epochs = cfg["timesteps"] * cfg["epochs_per_timestep"] if "timesteps" in cfg else cfg["epochs"]
+    return int(images), int(epochs)
+
+
+def training_arch(cfg: dict) -> str | None:
+    """The architecture a training config trains (a denoiser's own; else the innermost classifier's)."""
+    return cfg.get("arch") if cfg.get("type") == "DenoiserConfig" else _find(cfg, "arch")
+
+
+def _as_dict(cfg) -> dict:
+    return {"type": type(cfg).__name__, **dataclasses.asdict(cfg)} if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
+def training_costs(metas: list[dict], rates: dict[tuple[str, int], float],
+                   train_sizes: dict[str, int]) -> dict[tuple[str, str], list[TrainingCost]]:
+    """``{(kind, settings): [TrainingCost]}`` from stored training artifacts' metadata (``history`` with per-epoch
+    ``seconds``; runs cut to a few batches skipped): seconds per image-epoch times the CPU rate ``rates`` records for
+    the same architecture and thread count (:func:`cpu_rates`). A run whose architecture and threads have no rate
+    is skipped."""
+    out: dict[tuple[str, str], list[TrainingCost]] = {}
+    for meta in metas:
+        cfg = meta.get("config", {})
+        secs = [h["seconds"] for h in meta.get("history") or [] if "seconds" in h]
+        if not secs or _find(cfg, "max_batches") or cfg.get("type") not in _TRAINING_TYPES:
+            continue
+        device = meta.get("device") or meta.get("provenance", {}).get("device", "")
+        arch, threads = training_arch(cfg), _threads(device)
+        if (arch, threads) not in rates:
+            continue
+        images = int(_find(cfg, "train_subset") or train_sizes[_find(cfg, "dataset")])  # the epochs are the history's
+        passes = sum(secs) / (images * len(secs)) * rates[(arch, threads)]
+        kind, what = training_kind(cfg)
+        out.setdefault((kind, what), []).append(TrainingCost(passes, f"{arch}, {threads} thread{'s' * (threads > 1)}", arch))
+    return out
+
+
+_TRAINING_TYPES = ("TrainConfig", "DenoiserConfig", "SampleWiseConfig", "HeatConfig", "AdvConfig", "SelectorConfig")
+
+
+def gpu_rate_for(arch: str, gpu: dict[str, Rate], cpu: dict[tuple[str, int], float]) -> Rate | None:
+    """The GPU rate to project ``arch`` with: its own measured one, else, for an architecture that certifies at least
+    as fast on this CPU as a GPU-measured one (same thread count), the rate of the slowest such GPU-measured one, an
+    upper bound on the hours (labelled so); ``None`` (not measured) otherwise."""
+    if arch in gpu:
+        return gpu[arch]
+    for threads in sorted({t for _, t in cpu}, reverse=True):
+        mine = cpu.get((arch, threads))
+        if mine is None:
+            continue
+        slower = [(cpu[(a, threads)], a) for a in gpu if (a, threads) in cpu and cpu[(a, threads)] <= mine]
+        if slower:
+            r, a = max(slower)
+            return Rate(gpu[a].per_s, f"{a}'s rate {gpu[a].source}, an upper bound on the hours ({arch} certifies "
+                                      f"{mine / r:.0f}x faster than {a} on this CPU)")
+    return None
+
+
+def _sequential(cfg) -> bool:
+    return bool(getattr(cfg, "sequential", None))
+
+
+def sequential_fraction(metas: list[dict]) -> float | None:
+    """Measured forward passes per image of stored sequential logs over their ``n0 + n_max`` (mean over logs), from
+    their metadata (``forward_passes``, ``images``); ``None`` if there is none."""
+    fr = [m["forward_passes"] / (m["images"] * (m["config"]["n0"] + m["config"]["n"])) for m in metas
+          if m.get("config", {}).get("sequential") and m.get("forward_passes") and m.get("images")]
+    return sum(fr) / len(fr) if fr else None
+
+
+def project_plan(plan: Plan, gpu: dict[str, Rate], cpu: dict[tuple[str, int], float],
+                 costs: dict[tuple[str, str], list[TrainingCost]], train_sizes: dict[str, int],
+                 sequential: tuple[float, str] | None = None, skip: frozenset[str] = frozenset()) -> PlanHours:
+    """One plan's hours on one GPU from measured rates.
+
+    * a certification log counts ``images * samples per image / rate`` (:func:`gpu_rate_for` of its ``arch``); a
+      sequential log's samples per image are ``sequential = (fraction, source)`` of its ``n0 + n_max`` when given
+      (a measured fraction, :func:`sequential_fraction`), else its planned guess;
+    * a training counts ``passes * images * epochs / rate`` of its architecture: ``passes`` is the mean
+      :class:`TrainingCost` measured for its kind (same settings if measured, else at other settings, named);
+    * a config planned twice counts once (the store computes it once); configs whose
+      :func:`~rsbook.infra.artifacts.config_key` is in ``skip`` (computed by an earlier chapter) are not counted, nor
+      planned; work without a rate is listed under ``not_measured``.
+    """
+    from ..infra.artifacts import config_key
+
+    cert_s, train_s, sources, missing = 0.0, 0.0, [], []
+    certs = list({config_key(p.config): p for p in plan.certifications if config_key(p.config) not in skip}.values())  # stored once each
+    counted_c = 0
+    for p in certs:
+        rate = gpu_rate_for(p.arch, gpu, cpu)
+        if rate is None:
+            missing.append(f"certifying {p.arch}")
+            continue
+        samples = _samples(p)
+        if _sequential(p.config) and sequential is not None:
+            samples = sequential[0] * (p.config.n0 + p.config.n)
+            sources.append(f"sequential passes per image: {sequential[1]}")
+        cert_s += p.images * samples / rate.per_s
+        counted_c += 1
+        sources.append(f"{p.arch}: {rate.source}")
+    trains = list(dict.fromkeys(c for c in plan.trainings if config_key(c) not in skip))
+    counted_t = 0
+    for c in trains:
+        d = _as_dict(c)
+        kind, what = training_kind(d)
+        arch = training_arch(d)
+        same = costs.get((kind, what))
+        other = [(w, x) for (k, w), xs in costs.items() if k == kind and w != what for x in xs]
+        rate = gpu_rate_for(arch, gpu, cpu) if arch else None
+        if rate is None or not (same or other):
+            missing.append(f"training {kind.split()[-1] if kind.startswith('DenoiserConfig') else kind} ({arch})")
+            continue
+        used = same or [x for _, x in other]
+        used = [x for x in used if x.arch == arch] or used  # the same architecture's measurements where there are any
+        passes = sum(x.passes for x in used) / len(used)
+        images, epochs = training_size(d, train_sizes)
+        train_s += passes * images * epochs / rate.per_s
+        counted_t += 1
+        at = "" if same else f" at other settings ({', '.join(sorted({w for w, _ in other}))}; planned {what})"
+        sources.append(f"training {kind} ({arch}): {passes:.1f} passes per image-epoch measured on CPU "
+                       f"({'; '.join(sorted({x.source for x in used}))}){at}, projected at {arch}'s GPU rate")
+    return PlanHours(cert_s, train_s, (counted_c, len(certs)), (counted_t, len(trains)),
+                     tuple(dict.fromkeys(sources)), tuple(dict.fromkeys(missing)))
+
+
+def _metas(chapter: str) -> list[dict]:
+    from ..book.eta import stored_metadata
+    from ..book.profiles import artifact_root
+
+    return list(stored_metadata(ArtifactStore(artifact_root() / chapter))) if (artifact_root() / chapter).is_dir() else []
+
+
+def paper_gpu_rates(scaleout: dict[str, dict]) -> dict[str, Rate]:
+    """:func:`gpu_rates` as :class:`Rate` with its source in words."""
+    return {a: Rate(r, f"measured on {d}") for a, (r, d) in gpu_rates(scaleout).items()}
+
+
+def paper_run_plan(gpu: dict[str, Rate], cpu_results: list[dict], chapters: tuple[tuple[str, str], ...] = PAPER_MODULES,
+                   seed: int = 0):
+    """The ``paper`` run of every page: its command and its hours on one GPU from measured throughput.
+
+    ``gpu``: measured GPU rates (:func:`paper_gpu_rates`); ``cpu_results``: CPU benchmark results (``bench
+    certify`` and ``bench scaleout``; :func:`cpu_rates`), which, with the committed models' measured training seconds
+    (their ``history``), give each training kind's cost in forward passes per image-epoch (:func:`training_costs`).
+    GPU training was never measured: it is projected as that many passes at the GPU rate of the architecture trained,
+    i.e. assuming training costs the same multiple of a certification pass on the GPU as on the CPU that measured it.
+    Pages run in book order and a page does not count work an earlier page's plan already holds (chapter 2 uses
+    chapter 0's models, for example). Sequential logs (chapter 0, the leaderboard) count the measured passes per
+    image of the stored sequential logs: the leaderboard's own where stored, else chapter 0's (those A2 reads).
+    Columns: ``chapter``, ``command``, ``certification (GPU h)``, ``training (GPU h)``, ``total (GPU h)`` (of the
+    counted work; ``NaN`` where none of it has a rate), ``counted``, ``rate from``, ``notes``.
+    """
+    import importlib
+
+    import pandas as pd
+
+    from ..infra.artifacts import config_key
+    from ..infra.data import TRAIN_SIZES
+
+    cpu = cpu_rates(cpu_results)
+    metas = {ch: _metas(ch) for ch, _ in chapters if ch != PAGE}
+    costs: dict[tuple[str, str], list[TrainingCost]] = {}
+    for ms in metas.values():
+        for k, v in training_costs(ms, cpu, TRAIN_SIZES).items():
+            costs.setdefault(k, []).extend(v)
+    ch0 = sequential_fraction(metas.get(cohen2019.CHAPTER, []))
+    done: set[str] = set()
+    rows = []
+    for chapter, name in chapters:
+        command = f"rsbook run {chapter} -p profile paper -p device cuda"
+        if name == "appendix_speed":
+            rows.append({"chapter": chapter, "command": command, "certification (GPU h)": float("nan"),
+                         "training (GPU h)": 0.0, "total (GPU h)": float("nan"), "counted": "benchmarks only",
+                         "rate from": "-", "notes": "not measured: its paper runs are benchmarks, whose cost is what they "
+                                                    "measure (the committed H200 runs above are their scale-out part)"})
+            continue
+        mod = importlib.import_module(f"rsbook.papers.{name}")
+        plan = mod.planned_work("paper", seed=seed)
+        seq, notes = None, []
+        if any(_sequential(p.config) for p in plan.certifications):
+            own = sequential_fraction(metas.get(chapter, [])) if chapter != cohen2019.CHAPTER else None
+            if own is not None:
+                seq = (own, f"{own:.3f} of n0 + n_max, measured by this page's stored cpu logs")
+            elif ch0 is not None:
+                seq = (ch0, f"{ch0:.3f} of n0 + n_max, measured by chapter 0's stored cpu sequential logs (CNN models)")
+            else:
+                notes.append("sequential logs at their planned guess of passes per image (no sequential log stored)")
+        h = project_plan(plan, gpu, cpu, costs, TRAIN_SIZES, seq, frozenset(done))
+        done |= {config_key(p.config) for p in plan.certifications} | {config_key(c) for c in plan.trainings}
+        if h.not_measured:
+            notes.append("not measured (not counted): " + ", ".join(h.not_measured))
+        if plan.other:
+            kinds = sorted({type(o).__name__ for o in plan.other})
+            notes.append(f"not counted: {len(plan.other)} other artifacts ({', '.join(kinds)})")
+        skipped = len(set(map(config_key, plan.trainings))) - h.trainings[1]
+        if skipped:
+            notes.append(f"{skipped} models are earlier chapters' (run those first)")
+        reused = len({config_key(p.config) for p in plan.certifications}) - h.certifications[1]
+        if reused:
+            notes.append(f"{reused} certification logs are earlier chapters' (counted there)")
+        counted = h.certifications[0] + h.trainings[0]
+        rows.append({"chapter": chapter, "command": command, "certification (GPU h)": h.certification_s / 3600,
+                     "training (GPU h)": h.training_s / 3600,
+                     "total (GPU h)": float("nan") if h.not_measured and not counted else (h.certification_s + h.training_s) / 3600,
+                     "counted": f"certifications {h.certifications[0]} of {h.certifications[1]}, trainings "
+                                f"{h.trainings[0]} of {h.trainings[1]}",
+                     "rate from": "; ".join(h.rate_from) or "-", "notes": "; ".join(notes) or "-"})
+    return pd.DataFrame(rows)
