@@ -132,3 +132,13 @@ def test_chapter_0_certification_loads_the_committed_logs_with_one_smooth_per_mo
         pd.testing.assert_frame_equal(log, read_log(path, cfg.noise))
     assert len(fixed) == 500 and len(grid) == 100
     assert cohen2019.smooth(model, st) is cohen2019.smooth(model, st)
+
+
+def test_the_leaderboard_cpu_plan_is_exactly_its_committed_artifacts():
+    # its calibration runs, its rows' sequential logs (at the sequence the calibration chose) and its audits;
+    # the models are the chapters' own, in their stores
+    plan = leaderboard.planned_work("cpu")
+    planned = {config_key(p.config) for p in plan.certifications} | {config_key(c) for c in plan.other}
+    assert planned == _committed(leaderboard.CHAPTER)
+    stores = {cohen2019.CHAPTER, heat_smoothing.CHAPTER, samplewise.CHAPTER, score_denoising.CHAPTER}
+    assert {config_key(c) for c in plan.trainings} <= set().union(*(_committed(ch) for ch in stores))

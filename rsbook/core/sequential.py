@@ -255,7 +255,7 @@ class Sequential:
     prior_b: float = 0.1
     first: int = 64
     growth: float = 1.1
-    sequence: str = field(default="beta-binomial", metadata={"key_omits_default": True})
+    sequence: str = field(default="beta-binomial", metadata={"key_omits_default": "nested"})  # added later: keys kept
 
     def __post_init__(self) -> None:
         radii = tuple(sorted({0.0, *(float(r) for r in self.radii)}))
@@ -403,6 +403,8 @@ def certify_sequential(
     def result(st: _State) -> SequentialCertificate:
         pred = st.c_a if st.certified[0] else ABSTAIN
         radius = max(float(st.noise.certified_radius(st.lower)), 0.0) if st.certified[0] else 0.0
+        if st.certified[0]:  # a radius decided certified is certified exactly (the betting bound sits on its threshold,
+            radius = max(radius, float(radii[st.certified].max()))  # whose radius float rounding may put a hair below it)
         return SequentialCertificate(int(pred), radius, st.noise, st.lower, st.n + st.selection, st.selection, "sequential", st.key,
                                      seq.radii, tuple(bool(c) for c in st.certified))
 

@@ -64,15 +64,18 @@ def _plain(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-def _omit_defaults(value: Any, d: dict[str, Any]) -> dict[str, Any]:
+def _omit_defaults(value: Any, d: dict[str, Any], nested: bool = False) -> dict[str, Any]:
     """``d`` (the plain dict of the dataclass ``value``) without its ``key_omits_default`` fields at their
-    default, in nested config dataclasses too (so a field added to a nested config keeps old keys)."""
+    default. In nested config dataclasses only fields marked ``key_omits_default="nested"`` are left
+    out (a field added later to a nested config); the others stay, as they always did in nested
+    configs, so no existing key changes."""
     for f in dataclasses.fields(value):  # fields added later keep old keys at their default
         v = getattr(value, f.name)
-        if f.metadata.get("key_omits_default") and v == f.default:
+        mark = f.metadata.get("key_omits_default")
+        if mark and (mark == "nested" or not nested) and v == f.default:
             d.pop(f.name, None)
         elif f.name in d and isinstance(d[f.name], dict) and dataclasses.is_dataclass(v) and not isinstance(v, type):
-            _omit_defaults(v, d[f.name])
+            _omit_defaults(v, d[f.name], nested=True)
     return d
 
 
@@ -80,7 +83,8 @@ def config_key(config: Any) -> str:
     """``<type>-<12 hex digits>``: a stable name for the config (same fields, same key).
 
     A field declared with ``metadata={"key_omits_default": True}`` is left out of the key
-    while it has its default value, so adding such a field keeps every existing key.
+    while it has its default value, so adding such a field keeps every existing key (in a config
+    nested in another, mark it ``"nested"``; see :func:`_omit_defaults`).
     """
     d = _omit_defaults(config, config_dict(config))
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
