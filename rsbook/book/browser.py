@@ -31,7 +31,8 @@ What counts as a problem (one line each in the report):
     ``.output.traceback``), the text ``Traceback (most recent call last)`` anywhere in a cell
     output (``.cell_output`` or ``.output``), a line ``SomeError: message`` /
     ``SomeException: message`` in a stream or plain-text output, or papermill's failure
-    banner (``#papermill-error-cell``, "An Exception was encountered at"). **stderr alone is
+    banner (the element ``#papermill-error-cell``, or the banner's link to it; a page that only
+    quotes the banner's words, like this docstring's API page, is not flagged). **stderr alone is
     not an error**: MyST-NB renders it as ``.output.stderr`` and warnings or progress bars there
     pass, unless they contain one of the error texts above.
 ``math``
@@ -357,7 +358,7 @@ const sleep = ms => new Promise(r => setTimeout(r, ms));
       e => !e.parentElement.closest('.cell_output, div.output')).map(e => e.textContent);
   out.streams = Array.from(document.querySelectorAll('.output.stream, .output.stderr, .output.text_plain')).map(e => e.textContent);
   out.papermill = !!document.getElementById('papermill-error-cell') ||
-                  (document.body.textContent || '').includes('An Exception was encountered at');
+                  !!document.querySelector('a[href="#papermill-error-cell"]');  // the banner links to the failed cell
   // math
   out.merrors = Array.from(document.querySelectorAll('mjx-merror')).map(e => snip(e.getAttribute('data-mjx-error') || e.textContent));
   const skip = 'code, pre, kbd, samp, tt, script, style, noscript, template, textarea, .highlight, mjx-container, .MathJax';
