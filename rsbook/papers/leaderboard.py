@@ -653,9 +653,10 @@ def planned_work(profile: str, seed: int = 0, sequence: str = "betting") -> "Pla
     calib = calibration_configs(profile, seed)
     images = len(leaderboard_images(profile))
     seq_rows = [r for r in rows(profile) if r.source == "sequential"]
-    certs = [Planned(row_config(r, sequence, profile, seed, "cpu", False, True), _arch(_model_and_smooth(r, profile, "cpu", False, seed)[0]),
-                     images, s.n_max // 10) for r in seq_rows]
+    models = [_model_and_smooth(r, profile, "cpu", False, seed)[0] for r in seq_rows]
+    certs = [Planned(row_config(r, sequence, profile, seed, "cpu", False, True), _arch(m), images, s.n_max // 10)
+             for r, m in zip(seq_rows, models)]
     certs = [p for p in certs if _reusable(p.config, profile) is None]
     audits = [audit_config(r, sequence, profile, seed, stand_in=True) for r in rows(profile)]
-    return Plan(trainings=tuple(_model_and_smooth(r, profile, "cpu", False, seed)[0] for r in seq_rows),
+    return Plan(trainings=tuple(models),
                 certifications=tuple(certs), other=(*calib, *audits))
