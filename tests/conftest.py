@@ -11,8 +11,18 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
 
+# Under pytest-xdist (-n N) the workers share the cores: each gets its share of torch threads, and
+# so do the notebook kernels it starts (they inherit OMP_NUM_THREADS). torch's default, a thread
+# per core in every worker, oversubscribes the machine and makes the run slower than one worker.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and not os.environ.get("OMP_NUM_THREADS"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]

@@ -124,3 +124,45 @@ def test_a_damaged_committed_artifact_is_restored_from_git_not_recomputed(tmp_pa
     hint = ArtifactStore.fix_hint(committed)
     assert hint.startswith("It is a committed artifact: restore it with `git checkout -- ") and committed.stem in hint
     assert "Delete" in ArtifactStore.fix_hint(tmp_path / "cfg-0123456789ab.pt")  # not in git: recompute
+
+
+_RACER = """
+import sys, time, torch
+from dataclasses import dataclass
+from pathlib import Path
+from rsbook.infra.artifacts import ArtifactStore
+
+@dataclass(frozen=True)
+class Cfg:
+    a: int = 1
+    b: float = 0.5
+
+root, log = Path(sys.argv[1]), Path(sys.argv[2])
+(root / f"ready-{sys.argv[3]}").touch()
+while len(list(root.glob("ready-*"))) < 2:  # both processes check the store at the same moment
+    time.sleep(0.01)
+
+def compute(out, work):
+    with open(log, "a") as fh:
+        fh.write(sys.argv[3] + "\\n")
+    time.sleep(1.5)  # long enough for the other process to find no artifact and try too
+    torch.save({"who": sys.argv[3]}, out)
+
+path, meta = ArtifactStore(root / "store").load_or_compute(Cfg(), compute, "pt")
+print(torch.load(path)["who"], meta["sha256"])
+"""
+
+
+def test_two_processes_sharing_a_store_compute_an_artifact_once(tmp_path):
+    """Chapters of one book build share temporary stores: an artifact two of them need at the same
+    time is computed by one, and the other loads that one's result."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "computed.log"
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path), str(log), name], stdout=subprocess.PIPE, text=True)
+             for name in ("a", "b")]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len(log.read_text().split()) == 1, log.read_text()  # computed once
+    assert outs[0] == outs[1] and outs[0][0] == log.read_text().strip()  # both load the one result

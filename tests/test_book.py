@@ -171,13 +171,24 @@ def test_book_builds_with_every_chapter_at_smoke_profile_outside_the_checkout(tm
     assert "Build status" in (html / "book" / "generated" / "status.html").read_text()
 
 
+@pytest.fixture(scope="session")
+def dry_run_stores(tmp_path_factory) -> Path:
+    """One folder of temporary stores for every chapter's dry run in this pytest session (all
+    pytest-xdist workers): a chapter that loads other chapters' models (the leaderboard) reuses
+    theirs, as in a staged book build; the store's lock makes each computed once."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "dry-run-stores"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", [c.stem for c in chapters(REPO)])
-def test_every_chapter_runs_its_paper_code_paths_as_a_dry_run(chapter, tmp_path, monkeypatch):
+def test_every_chapter_runs_its_paper_code_paths_as_a_dry_run(chapter, tmp_path, monkeypatch, dry_run_stores):
     """The ``paper`` profile's architectures and code paths, tiny, on CPU: a wrong shape or a missing key fails here."""
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("RSBOOK_DATA", str(tmp_path / "no-data"))  # the dry run needs no dataset either
-    result = run_notebook(chapter, tmp_path / f"{chapter}.ipynb", {"profile": "dry_run"})
+    result = run_notebook(chapter, tmp_path / f"{chapter}.ipynb", {"profile": "dry_run"}, tmp_dir=dry_run_stores)
     assert result.status == "ok", result.error
     assert result.profile == "dry_run"
 
@@ -209,7 +220,7 @@ def test_a_smoke_run_leaves_no_temporary_folder_behind_even_when_it_fails(tmp_pa
         result = run_notebook("nb", out, {"profile": "smoke", "fail": fail})
         assert result.status == ("failed" if fail else "ok"), result.error
         (store,), (tmp,) = _printed(out, "STORE"), _printed(out, "TMP")
-        assert "rsbook-smoke-x-" in store and not Path(store).exists(), store  # the store was made, and is gone
+        assert Path(store).name == "rsbook-smoke-x" and not Path(store).exists(), store  # the store was made, and is gone
         assert not Path(tmp).exists(), tmp  # so is any other temporary folder of the kernel
     assert "deliberate failure" in result.error
 
@@ -413,9 +424,11 @@ def test_chapters_run_concurrently_in_toc_order_with_jobs(tmp_path, monkeypatch)
     for name in ("a", "b", "c"):
         (tmp_path / "notebooks" / f"{name}.md").write_text(
             _NB_HEAD + "```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = \"cpu\"\n```\n\n"
-            f"```{{code-cell}} ipython3\nimport os, pathlib, time\nt0 = time.time()\ntime.sleep(2)\n"
+            f"```{{code-cell}} ipython3\nimport os, pathlib, time\nt0 = time.time()\n"
+            f"from rsbook.book.profiles import chapter_store\nshared = chapter_store('shared', profile).root\n"
+            f"(shared / {name!r}).write_text('x')\ntime.sleep(2)\nseen = ','.join(sorted(p.name for p in shared.iterdir()))\n"
             f"pathlib.Path({str(times / name)!r}).write_text(\n"
-            f"    f'{{t0}} {{time.time()}} {{os.environ[\"RSBOOK_CLAIMS\"]}} {{os.getcwd()}}')\n```\n")
+            f"    f'{{t0}} {{time.time()}} {{os.environ[\"RSBOOK_CLAIMS\"]}} {{os.getcwd()}} {{seen}} {{os.environ.get(\"OMP_NUM_THREADS\")}} {{shared}}')\n```\n")
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n- file: book/generated/c\n"
                                        "- file: book/generated/a.ipynb\n- file: book/generated/b\n")
     (tmp_path / "_config.yml").write_text("title: fake\n")
@@ -429,7 +442,11 @@ def test_chapters_run_concurrently_in_toc_order_with_jobs(tmp_path, monkeypatch)
     status = json.loads((gen / "status.json").read_text())
     assert [s["chapter"] for s in status] == ["c", "a", "b"] and all(s["status"] == "ok" for s in status)
     written = {n: (times / n).read_text().split() for n in "abc"}
-    assert all(w[2:] == [str(gen / f"{n}.claims.json"), str(tmp_path)] for n, w in written.items()), written  # each kernel its own
+    assert all(w[2:4] == [str(gen / f"{n}.claims.json"), str(tmp_path)] for n, w in written.items()), written  # each kernel its own
+    assert written["b"][4] == "a,b,c", written  # one store folder for the build: b sees what c and a stored
+    cores = len(os.sched_getaffinity(0))
+    assert {w[5] for w in written.values()} == {os.environ.get("OMP_NUM_THREADS") or str(max(1, cores // 2))}  # a share of the cores each
+    assert len({w[6] for w in written.values()}) == 1 and not Path(written["b"][6]).exists()  # shared, and removed at the end
     t = {n: (float(w[0]), float(w[1])) for n, w in written.items()}
     assert max(t["c"][0], t["a"][0]) < min(t["c"][1], t["a"][1]), t  # c and a ran at the same time
     assert t["b"][0] >= min(t["c"][1], t["a"][1]) - 0.5, t  # b waited for a free slot
@@ -438,3 +455,10 @@ def test_chapters_run_concurrently_in_toc_order_with_jobs(tmp_path, monkeypatch)
     assert "up to 2 chapters at a time" in page and "- torch: `" in page and "- git commit: `" in page
     scorecard = (gen / "scorecard.md").read_text()
     assert scorecard.index("| c |") < scorecard.index("| a |") < scorecard.index("| b |") and "**Missing**: `c`, `a`, `b`" in scorecard
+
+
+def test_a_kernels_threads_must_be_a_positive_integer(tmp_path, monkeypatch):
+    _fake_book(tmp_path, monkeypatch, "```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = \"cpu\"\n```\n")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            run_notebook("nb", tmp_path / "x.ipynb", {"profile": "smoke"}, threads=bad)

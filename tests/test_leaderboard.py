@@ -1,9 +1,14 @@
 """The leaderboard's own arithmetic (chapter 5): forward-pass ratios, the sequence choice, audit verdicts, images."""
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from rsbook.core.certify import Smooth
+from rsbook.infra.artifacts import ArtifactStore
 from rsbook.papers import leaderboard as lb
 
 
@@ -59,3 +64,53 @@ def test_the_board_counts_abstentions_as_wrong_in_clean_accuracy():
     b = lb.board({"a": log}, rows)
     assert b.loc["a", "clean acc"] == 0.5 and b.loc["a", "abstain"] == 0.25
     assert b.loc["a", "r = 0.25"] == 0.25 and b.loc["a", "ACR"] == pytest.approx((0.6 + 0.2) / 4)
+
+
+class _Threshold(torch.nn.Module):
+    """Class 1 where pixel (0, 0, 0) exceeds ``t``, else class 0 (ten logits): the l2 distance of an
+    image to the other class is ``|x_000 - t|``, and Gaussian smoothing keeps the same boundary."""
+
+    def __init__(self, t: float):
+        super().__init__()
+        self.t = t
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        z = 20 * (x[:, 0, 0, 0] - self.t)
+        return torch.cat([torch.stack([-z, z], 1), torch.full((len(x), 8), -50.0)], 1)
+
+
+class _Images:
+    def __init__(self, x):
+        self.x, self.indices = x, torch.arange(len(x))
+
+    def __getitem__(self, i):
+        return self.x[i], 0
+
+    def __len__(self):
+        return len(self.x)
+
+
+@dataclass(frozen=True)
+class _Cert:
+    seed: int = 0
+
+
+def test_the_audit_attacks_a_certified_point_and_catches_a_radius_past_the_boundary(tmp_path, monkeypatch):
+    """Two copies of an image at l2 distance 0.5 from the other class: an honest radius 0.3 has no
+    violation and its 3x control finds the boundary; a broken radius 1.0 is caught (smoke never
+    certifies a point, so this is where the audit's attack-and-ask path runs in the fast tests)."""
+    x = torch.full((2, 3, 32, 32), 0.5)
+    x[:, 0, 0, 0] = 0.0
+    row = next(r for r in lb.rows("smoke") if r.source == "sequential" and r.sigma == 0.25)
+    monkeypatch.setattr(lb, "_model_and_smooth", lambda *a, **k: (None, lambda: Smooth(_Threshold(0.5), 10), "noise"))
+    monkeypatch.setattr(lb, "leaderboard_images", lambda profile: _Images(x))
+    monkeypatch.setattr(lb, "store", lambda profile: ArtifactStore(tmp_path))
+    radius = pd.DataFrame({"idx": [0, 1], "label": [0, 0], "radius": [0.3, 1.0], "correct": [1, 1]})
+    cfg = lb.Audit(_Cert(), row.name, n=200, alpha=1e-6, steps=9, factor=3.0, attack_steps=20)
+    a = lb.audit(cfg, radius, "smoke", progress=False)
+    honest, broken = a.set_index("idx").loc[0], a.set_index("idx").loc[1]
+    assert 0.5 <= honest["wrong_at"] <= 0.9, a  # past the true distance, within the 3x control's reach
+    assert broken["wrong_at"] < 1.0, a  # the broken certificate is violated
+    counts = lb.audit_table({"x": a}, 3.0, 1e-6).loc["x"]
+    assert counts["violations"] == 1 and counts["control violations"] == 2

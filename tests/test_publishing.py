@@ -223,3 +223,14 @@ def test_every_api_role_in_the_chapters_names_a_documented_object():
     missing = [(src.name, m.group(0)) for src in [*chapters(REPO), *(REPO / "book").glob("*.md")]
                for m in ROLE.finditer(src.read_text()) if not documented(m.group(3) or m.group(2))]
     assert not missing, f"API roles whose target the API reference does not document (use the defining module's name): {missing}"
+
+
+def test_every_chapter_links_the_api_of_the_code_it_calls():
+    """Each chapter links, in its prose, the API page of the ``rsbook.papers`` module behind it (one it
+    imports: its settings and runs); a chapter that links none of the paper modules it calls fails."""
+    for src in chapters(REPO):
+        text = src.read_text()
+        imported = set(re.findall(r"from rsbook\.papers import (\w+)", text)) | set(re.findall(r"from rsbook\.papers\.(\w+) import", text))
+        linked = {(m.group(3) or m.group(2)) for m in ROLE.finditer(text)}
+        own = {m for m in imported if f"rsbook.papers.{m}" in linked}
+        assert own, f"{src.name} links none of the paper modules it imports ({sorted(imported)})"

@@ -47,7 +47,10 @@ What counts as a problem (one line each in the report):
     ``<textarea>`` and MathJax's own output (``mjx-container``) is not math and is not checked;
     hidden text (a collapsed toggle) is checked, because a reader who opens it sees it.
 ``page``
-    The page itself did not load (HTTP error, time-out, a script error in the checker).
+    The page itself did not load (HTTP error, time-out, a script error in the checker), or it
+    loaded incomplete: its live DOM lacks ids that its file has (a response cut short). Such a
+    load is retried (``LOAD_ATTEMPTS`` loads in all) before it is reported, and links into it are
+    then judged by its file's ids, so one cut load is not reported as many broken links.
 """
 
 from __future__ import annotations
@@ -96,6 +99,9 @@ CHROMIUM_FLAGS = (
     "--disable-dev-shm-usage",
     "--window-size=1280,1024",
 )
+
+#: How often a page that loaded incomplete (ids of its file missing from its DOM) is loaded.
+LOAD_ATTEMPTS = 3
 
 INSTALL_HINT = "install them with `apt-get install -y chromium chromium-driver` (as root; `bash .ci/setup` does it)"
 
@@ -437,9 +443,17 @@ def check_book(
                 links.append((key, refresh, urljoin(url, refresh)))
                 continue
             n_err = len(server.errors)
+            file_ids = _parse_static(root / rel).ids
             try:
-                browser_.get(url)
-                data = browser_.execute_async_script(_COLLECT_JS, int(timeout * 1000))
+                for attempt in range(LOAD_ATTEMPTS):
+                    browser_.get(url)
+                    data = browser_.execute_async_script(_COLLECT_JS, int(timeout * 1000))
+                    # a complete load has every id the file has (scripts may add ids, not remove
+                    # them); a load cut short (a connection the server or the browser dropped) is
+                    # retried rather than reported as broken links into the page
+                    lost = sorted(file_ids - set(data.get("ids", ()))) if not data.get("fatal") else []
+                    if not lost:
+                        break
             except Exception as exc:  # noqa: BLE001 -- selenium's time-outs and driver errors: report, go on
                 problems[key].append(f"page: did not load: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 continue
@@ -447,7 +461,12 @@ def check_book(
                 problems[key].append(f"page: the checker's script failed: {data['fatal'][:300]}")
                 continue
             found = problems[key]
-            dom_ids[(root / rel).resolve()] = set(data["ids"])
+            if lost:
+                found.append(
+                    f"page: loaded incomplete {LOAD_ATTEMPTS} times: the browser's page lacks {len(lost)} of the "
+                    f"file's {len(file_ids)} ids (first {lost[0]!r})"
+                )
+            dom_ids[(root / rel).resolve()] = set(data["ids"]) | (file_ids if lost else set())
             # images
             for img in data["images"]:
                 what = []

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..infra.distributed import resolve_device
 from ..infra.paths import repo_root
-from .profiles import check_profile
+from .profiles import TEMPORARY_PROFILES, check_profile
 from .scorecard import markdown_cell as _cell
 from .scorecard import scorecard_page
 
@@ -250,8 +250,12 @@ def run_notebook(
     cwd: str | Path | None = None,
     log_output: bool = False,
     tmp_dir: str | Path | None = None,
+    threads: int | None = None,
 ) -> RunResult:
     """Execute a chapter with papermill into ``output`` (``.ipynb``), after checking its parameters.
+
+    ``threads``: the kernel's CPU threads (``OMP_NUM_THREADS``, which torch reads at start-up;
+    default: the caller's environment, else torch's default, one per core).
 
     The executed notebook is written even when a cell fails (with the traceback in it); the
     result then has ``status="failed"``. The chapter's claims, if it records any, are written
@@ -294,6 +298,10 @@ def run_notebook(
         # os.chdir the whole process, which concurrent runs would undo for one another).
         env = {"RSBOOK_RUN_INFO": str(info_path), "RSBOOK_CLAIMS": str(claims),
                "MPLBACKEND": "module://matplotlib_inline.backend_inline", **_temporary_env(Path(tmp), tmp_dir)}
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise ValueError(f"threads must be a positive integer, got {threads!r}")
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         t0 = time.perf_counter()
         error = ""
         try:
@@ -482,9 +490,11 @@ def build_book(
     (``book/generated/``, ``_build/html``); otherwise a staged copy is built in ``out_dir``
     (default ``_build/<profile>``), whose HTML ends up in ``<out_dir>/src/_build/html``.
 
-    ``jobs`` chapters run at once (each is its own kernel, on one torch thread at the published
-    profiles; ``0``: one per CPU core), started in table-of-contents order; the status page, the
-    scorecard and ``status.json`` list them in that order, whatever order they finish in.
+    ``jobs`` chapters run at once (each is its own kernel, with ``cores // jobs`` torch threads
+    unless ``OMP_NUM_THREADS`` is set; ``0``: one per CPU core), started in table-of-contents
+    order; the status page, the scorecard and ``status.json`` list them in that order, whatever
+    order they finish in. At ``smoke`` and ``dry_run`` the chapters share one folder of temporary
+    stores, removed at the end (a chapter that loads another's models reuses them).
 
     Raises:
         ValueError: for a negative ``jobs`` or an unknown ``profile``.
@@ -498,12 +508,27 @@ def build_book(
     gen.mkdir(parents=True, exist_ok=True)
     todo = [src for src in toc_order(chapters(root), root) if not only or src.stem in only]
 
+    # smoke / dry_run: the chapters share one folder of temporary stores (removed at the end), so
+    # a chapter that loads other chapters' models (the leaderboard) finds them instead of
+    # training them again; the store's lock makes a model two chapters need at once trained once
+    stores = tempfile.TemporaryDirectory(prefix="rsbook-book-stores-", ignore_cleanup_errors=True) if profile in TEMPORARY_PROFILES else None
+
+    # chapters at once share the cores: each kernel gets its share of threads (a caller's
+    # OMP_NUM_THREADS wins), since torch's default, one thread per core in every kernel,
+    # oversubscribes the machine and slows every chapter down several times
+    threads = None if workers <= 1 or os.environ.get("OMP_NUM_THREADS") else max(1, _workers(0) // workers)
+
     def run(src: Path) -> RunResult:
         print(f"[rsbook] running {src.stem} at profile={profile} ...", flush=True)
-        return run_notebook(src, gen / f"{src.stem}.ipynb", {"profile": profile}, cwd=root)
+        return run_notebook(src, gen / f"{src.stem}.ipynb", {"profile": profile}, cwd=root,
+                            tmp_dir=stores.name if stores else None, threads=threads)
 
     t0 = time.perf_counter()
-    results = _run_all(todo, workers, run)
+    try:
+        results = _run_all(todo, workers, run)
+    finally:
+        if stores:
+            stores.cleanup()
     wall = time.perf_counter() - t0
     (gen / "status.md").write_text(_status_page(results, profile, build_versions(), wall, min(workers, max(len(todo), 1))))
     (gen / "status.json").write_text(json.dumps([asdict(r) for r in results], indent=2))

@@ -7,9 +7,10 @@
   per training, two images, a tiny N), on CPU, recomputed in a temporary folder. It runs in CI,
   so that a wiring mistake in the ``paper`` profile fails there, not after hours on a GPU.
 
-The temporary folders of ``smoke`` and ``dry_run`` go under ``$RSBOOK_TMP`` when it is set:
-a notebook run (:func:`rsbook.book.pipeline.run_notebook`) sets it to a folder it removes when
-the run ends, failed or not. Without it (direct Python use) they go into the system's temporary
+The temporary folders of ``smoke`` and ``dry_run`` go under ``$RSBOOK_TMP`` when it is set, one
+per chapter and profile: a notebook run (:func:`rsbook.book.pipeline.run_notebook`) sets it to a
+folder it removes when the run ends, failed or not, and a staged book build gives all its chapters
+one such folder, so a chapter that loads another chapter's models (the leaderboard) reuses them. Without it (direct Python use) they go into the system's temporary
 folder and are removed when the process exits (under torchrun, where other ranks may still use
 rank 0's folder, they are kept).
 """
@@ -61,7 +62,7 @@ def artifact_store(chapter: str, profile: str, recompute: bool = False) -> Artif
     check_profile(profile)
     if profile in TEMPORARY_PROFILES:  # under torchrun, rank 0's folder for every rank
         w = world()
-        return ArtifactStore(broadcast(temporary_folder(f"rsbook-{profile}-{chapter}-") if w.main else None, w))
+        return ArtifactStore(broadcast(_temporary_store_folder(chapter, profile) if w.main else None, w))
     return ArtifactStore(artifact_root() / chapter, recompute=recompute)
 
 
@@ -77,6 +78,19 @@ def temporary_folder(prefix: str) -> str:
     if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
+
+
+def _temporary_store_folder(chapter: str, profile: str) -> str:
+    """``$RSBOOK_TMP/rsbook-<profile>-<chapter>`` when ``$RSBOOK_TMP`` is set: one folder per chapter
+    and profile, shared by every kernel given the same ``$RSBOOK_TMP`` (the chapters of one staged
+    book build, so a chapter that loads another's models finds them; the store's lock makes each
+    artifact computed once); else a fresh :func:`temporary_folder`."""
+    parent = os.environ.get("RSBOOK_TMP")
+    if parent:
+        folder = Path(parent) / f"rsbook-{profile}-{chapter}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder)
+    return temporary_folder(f"rsbook-{profile}-{chapter}-")
 
 
 @functools.lru_cache(maxsize=None)

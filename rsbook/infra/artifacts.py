@@ -5,7 +5,8 @@ config, rsbook version, git commit, device, wall time and the payload's sha256. 
 ``<config type>-<sha256 of the config's canonical JSON>[:12]``, so a changed setting never
 loads a stale result. Writes are atomic (temporary file, then rename); a computation that
 is killed keeps its resumable state in ``.work/<key>/`` and continues from it next time.
-Loading verifies the hash and refuses a corrupt payload.
+Processes that share a store compute an artifact once: the first holds a file lock on it while
+it computes, the others wait and load it. Loading verifies the hash and refuses a corrupt payload.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -209,17 +211,40 @@ class ArtifactStore:
         w = world()
         if w.distributed:
             return self._load_or_compute_distributed(config, compute, ext, device, sharded, w)
-        if self.recompute:
-            shutil.rmtree(self.work_dir(config), ignore_errors=True)
-        elif payload.exists() and meta_path.exists():
+        if not self.recompute and payload.exists() and meta_path.exists():
             return payload, self.metadata(config, ext)
-        self.root.mkdir(parents=True, exist_ok=True)
-        work = self.work_dir(config)
-        work.mkdir(parents=True, exist_ok=True)
-        tmp = payload.with_name(f".{payload.name}.tmp")
-        start = time.perf_counter()
-        extra = compute(tmp, work) or {}
-        return payload, self.adopt(config_key(config), config_dict(config), tmp, ext, time.perf_counter() - start, extra, device)
+        with self._computing(config, ext):
+            # another process may have stored it while this one waited for the lock
+            if not self.recompute and payload.exists() and meta_path.exists():
+                return payload, self.metadata(config, ext)
+            work = self.work_dir(config)
+            if self.recompute:
+                shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True, exist_ok=True)
+            tmp = payload.with_name(f".{payload.name}.tmp")
+            start = time.perf_counter()
+            extra = compute(tmp, work) or {}
+            return payload, self.adopt(config_key(config), config_dict(config), tmp, ext, time.perf_counter() - start, extra, device)
+
+    @contextmanager
+    def _computing(self, config: Any, ext: str):
+        """Hold an exclusive lock on ``(config, ext)`` in this store while it is computed, so that
+        processes sharing the store (chapters of one book build) compute it once: the others wait,
+        then load it. An OS file lock (``fcntl.flock``): released by the OS if the process dies.
+        Without ``fcntl`` (Windows) nothing is locked."""
+        lock_dir = self.root / ".work"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover -- not on POSIX
+            yield
+            return
+        with open(lock_dir / f"{config_key(config)}.{ext}.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _load_or_compute_distributed(self, config, compute, ext, device, sharded, w) -> tuple[Path, dict[str, Any]]:
         payload, meta_path = self.paths(config, ext)

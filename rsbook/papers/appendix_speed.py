@@ -73,7 +73,8 @@ def runs(profile: str, device: str = "cpu", seed: int = 0) -> list[BenchConfig]:
         BenchConfig(model="cifar_resnet110", n=100_000, images=2, repeats=1, **d),
     ]
     if profile == "dry_run":  # tiny, the paper's code paths once each (its N = 10,000 and 100,000 runs shrink to one)
-        tiny = [dataclasses.replace(c, device="cpu", n0=10, n=50, images=max(2, len(c.sigmas)),
+        # ResNet-110 runs a few images/s on a CPU core, so a handful of samples per image
+        tiny = [dataclasses.replace(c, device="cpu", n0=4, n=16, images=max(2, len(c.sigmas)),
                                     repeats=1, forward_seconds=0.1, compile="off", batch_size=64) for c in paper]
         return list(dict.fromkeys(tiny))
     return paper
@@ -93,7 +94,7 @@ def denoised_runs(profile: str, device: str = "cpu", seed: int = 0) -> list[Deno
     base = DenoisedBenchConfig(width=s.score_width, levels=s.anneal.levels, steps=s.anneal.steps, device=device, seed=seed)
     if profile in ("smoke", "dry_run"):
         # dry_run keeps the paper's networks (a width-128 U-Net, L x T = 10 evaluations, ResNet-110), so its batches stay tiny
-        return [dataclasses.replace(base, images=2, n0=4, n=16, repeats=1, forward_seconds=0.1, loop_samples=4, compile="off",
+        return [dataclasses.replace(base, images=2, n0=2, n=8, repeats=1, forward_seconds=0.1, loop_samples=2, compile="off",
                                     batch_size=8, classifier="cnn4" if profile == "smoke" else "cifar_resnet110")]
     if profile == "cpu":
         return [dataclasses.replace(base, n=1000, images=4, repeats=3)]

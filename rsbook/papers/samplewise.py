@@ -45,7 +45,7 @@ from .variational import spread_table
 __all__ = ["CHAPTER", "DATASETS", "DIMS", "Settings", "settings", "store", "pretrain_config", "assignment_config",
            "finetune_config", "TestSigmas", "test_sigmas_config", "DDRSSigmas", "ddrs_config", "load_model", "assignment",
            "test_sigmas", "ddrs_table", "certify_config", "certification", "baseline_logs", "transductive", "order_spread",
-           "inductive", "worked_example", "spread", "summary", "as_curve", "log_curve", "MACER_CIFAR10", "MACER_SOURCE", "claims", "planned_work"]
+           "inductive", "worked_example", "spread", "SpreadConfig", "spread_config", "stored_spread", "summary", "as_curve", "log_curve", "MACER_CIFAR10", "MACER_SOURCE", "claims", "planned_work"]
 
 CHAPTER = "02_samplewise_smoothing"
 DATASETS = ("cifar10", "mnist")
@@ -304,9 +304,36 @@ def inductive(log: pd.DataFrame, dataset: str, lo: float, hi: float, r_max: floa
     return out
 
 
+@dataclass(frozen=True)
+class SpreadConfig:
+    """The grid of :func:`spread` (its table is stored: each point is an exact worst-case search
+    that costs seconds)."""
+
+    ps: tuple[float, ...] = (0.9, 0.99, 0.999)
+    spreads: tuple[float, ...] = (0.001, 0.01, 0.05)
+    sigma0: float = 0.25
+
+
+def spread_config(profile: str) -> SpreadConfig:
+    """The page's grid at ``cpu`` and ``paper``; at ``smoke`` and ``dry_run`` the one point its claims
+    read (p_A = 0.99, spread 0.01): the same code path, a fraction of the cost."""
+    check_profile(profile)
+    return SpreadConfig(ps=(0.99,), spreads=(0.01,)) if profile in ("smoke", "dry_run") else SpreadConfig()
+
+
+def stored_spread(cfg: SpreadConfig, profile: str) -> pd.DataFrame:
+    """:func:`spread` on ``cfg``'s grid: loaded from the chapter's store, or computed and stored."""
+    def compute(out, work):
+        spread(cfg.ps, cfg.spreads, cfg.sigma0).to_csv(out, sep="\t", index=False)
+
+    path, _ = store(profile).load_or_compute(cfg, compute, "tsv")
+    return pd.read_csv(path, sep="\t")
+
+
 def spread(ps: tuple[float, ...] = (0.9, 0.99, 0.999), spreads: tuple[float, ...] = (0.001, 0.01, 0.05), sigma0: float = 0.25) -> pd.DataFrame:
     """The inductive radius against Cohen's in d = 784 and 3,072 when the level may vary by a relative
-    ``spread`` within the ball (Sukenik et al.'s curse of dimensionality, measured)."""
+    ``spread`` within the ball (Sukenik et al.'s curse of dimensionality, measured; the page's grid
+    per profile: :func:`spread_config`)."""
     rows = []
     for p in ps:
         t = spread_table(p, sigma0, dims=(DIMS["mnist"], DIMS["cifar10"]), spreads=spreads, r_max=4.0)
@@ -464,5 +491,5 @@ def planned_work(profile: str, seed: int = 0) -> Plan:
     tables = [(finetune_config(ds, profile, seed), test_sigmas_config(ds, profile, seed)) for ds in DATASETS]
     tables += [(pretrain_config(ds, profile, seed), test_sigmas_config(ds, profile, seed, pretrained_only=True)) for ds in DATASETS]
     tables += [(ddrs_config(ds, profile, seed).model, ddrs_config(ds, profile, seed)) for ds in DATASETS]
-    other = [assignment_config(ds, profile, seed) for ds in DATASETS] + [t for _, t in tables]
+    other = [assignment_config(ds, profile, seed) for ds in DATASETS] + [t for _, t in tables] + [spread_config(profile)]
     return Plan(trainings=tuple(trainings), certifications=tuple(_planned(m, t, profile, seed) for m, t in tables), other=tuple(other))

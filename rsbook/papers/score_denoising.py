@@ -151,8 +151,8 @@ _SETTINGS = {
 
 def settings(profile: str, n: int = 0, every: int = 0, multi_every: int = 0,
              sigmas: tuple[float, ...] | str = ()) -> Settings:
-    """The settings at ``profile``; ``dry_run`` is ``paper`` with one batch per epoch and one
-    epoch, two test images, n0 = 4, N = 16 and its first sigma only (derived, so it cannot
+    """The settings at ``profile``; ``dry_run`` is ``paper`` with one batch (of chapter 0's ``DRY_RUN_BATCH`` images) per epoch and one
+    epoch, two test images, n0 = 2, N = 8 and its first sigma only (derived, so it cannot
     drift from ``paper``; the multi-step schedule and the networks are the paper profile's).
 
     A reader's rerun overrides the certification: ``n`` samples, every ``every``-th test image
@@ -163,8 +163,9 @@ def settings(profile: str, n: int = 0, every: int = 0, multi_every: int = 0,
     check_profile(profile)
     s = _SETTINGS["paper" if profile == "dry_run" else profile]
     if profile == "dry_run":
-        s = dataclasses.replace(s, score_epochs=1, dncnn_epochs=1, max_batches=1, train_subset=s.score_batch, every=5000,
-                                multi_every=5000, n0=4, n=16, sigmas=s.sigmas[:1])
+        s = dataclasses.replace(s, score_epochs=1, dncnn_epochs=1, max_batches=1, score_batch=cohen2019.DRY_RUN_BATCH,
+                                train_subset=cohen2019.DRY_RUN_BATCH, every=5000,
+                                multi_every=5000, n0=2, n=8, sigmas=s.sigmas[:1])
     if isinstance(sigmas, str):
         try:
             sigmas = tuple(float(v) for v in sigmas.replace(" ", "").split(",") if v)

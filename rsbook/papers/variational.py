@@ -42,7 +42,7 @@ from .common import smooth_for
 
 __all__ = ["CHAPTER", "Settings", "settings", "store", "base_config", "selector_config", "load_classifier", "load_selector", "selector_response",
            "ExperimentA", "experiment_a_config", "experiment_a", "ExperimentB", "experiment_b_config", "experiment_b",
-           "planned_work", "certification", "counterexample", "spread_table", "index_table", "TABLE1", "TABLE2", "claims"]
+           "planned_work", "certification", "counterexample", "spread_table", "SpreadTableConfig", "spread_table_config", "stored_spread_table", "index_table", "TABLE1", "TABLE2", "claims"]
 
 CHAPTER = "04_variational_smoothing"
 D_IMAGE = 3 * 32 * 32
@@ -365,8 +365,8 @@ def accuracy_table(log: pd.DataFrame) -> pd.DataFrame:
 # -- the plan -----------------------------------------------------------------------------------------
 
 def planned_work(profile: str, seed: int = 0) -> Plan:
-    """Every selector, Experiment A log and Experiment B log the chapter computes at ``profile``
-    (chapter 0's classifiers are chapter 0's work)."""
+    """Every selector, Experiment A log, Experiment B log and the spread table the chapter computes at
+    ``profile`` (chapter 0's classifiers are chapter 0's work)."""
     s = settings(profile)
     images = lambda k: -(-10_000 // k)  # noqa: E731
     a = [experiment_a_config(sg, lam, profile, seed) for sg in s.a_sigmas for lam in s.a_lams]
@@ -375,7 +375,7 @@ def planned_work(profile: str, seed: int = 0) -> Plan:
     sels = {cfg.selector for cfg in a} | {c for cfg in b for c in (cfg.mono, cfg.dual) if c is not None}
     per_image = lambda c: c.n_h + (1 + 4 * len(c.Ds)) * (c.n0 + c.n)  # noqa: E731 -- selector draws + levels
     certs = tuple(Planned(c, c.selector.base.arch, images(c.every), samples=per_image(c)) for c in a)
-    return Plan(trainings=tuple(sorted(sels, key=repr)), certifications=certs, other=tuple(b))
+    return Plan(trainings=tuple(sorted(sels, key=repr)), certifications=certs, other=(*b, spread_table_config(profile)))
 
 
 # -- the constructed counterexample, and why the sound radius is small ---------------------------------
@@ -393,10 +393,38 @@ def counterexample(d: int = D_IMAGE, levels: tuple[float, float, float] = (0.22,
                          "one of the three sigmas": np.isin(grid, levels)})
 
 
+@dataclass(frozen=True)
+class SpreadTableConfig:
+    """The grid of :func:`spread_table` (its table is stored: each point is an exact worst-case
+    search that costs seconds)."""
+
+    p: float = 0.99
+    sigma0: float = 0.25
+    dims: tuple[int, ...] = (10, 784, D_IMAGE)
+    spreads: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.04, 0.1)
+    r_max: float = 1.0
+
+
+def spread_table_config(profile: str) -> SpreadTableConfig:
+    """The page's grid at ``cpu`` and ``paper``; at ``smoke`` and ``dry_run`` two spreads in two
+    dimensions: the same code path, a fraction of the cost."""
+    check_profile(profile)
+    return SpreadTableConfig(dims=(10, D_IMAGE), spreads=(0.001, 0.1)) if profile in ("smoke", "dry_run") else SpreadTableConfig()
+
+
+def stored_spread_table(cfg: SpreadTableConfig, profile: str) -> pd.DataFrame:
+    """:func:`spread_table` on ``cfg``'s grid: loaded from the chapter's store, or computed and stored."""
+    def compute(out, work):
+        spread_table(cfg.p, cfg.sigma0, cfg.dims, cfg.spreads, cfg.r_max).to_csv(out, sep="\t", index=False)
+
+    path, _ = store(profile).load_or_compute(cfg, compute, "tsv")
+    return pd.read_csv(path, sep="\t")
+
+
 def spread_table(p: float = 0.99, sigma0: float = 0.25, dims: tuple[int, ...] = (10, 784, D_IMAGE),
                  spreads: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.04, 0.1), r_max: float = 1.0) -> pd.DataFrame:
     """The sound radius for an interval ``sigma0 [1 - s, 1 + s]`` per dimension ``d`` and spread ``s``, and the
-    worst case at ``r = 0`` (:func:`rsbook.core.varying.varying_radius`)."""
+    worst case at ``r = 0`` (:func:`rsbook.core.varying.varying_radius`; the page's grid per profile: :func:`spread_table_config`)."""
     rows = []
     for d in dims:
         for s in spreads:
