@@ -39,7 +39,7 @@ from . import cohen2019
 
 __all__ = ["CHAPTER", "Settings", "settings", "store", "reference_config", "reference_store", "bench_config", "KINDS",
            "log_config", "log_store", "certification", "planned_work", "KnownP",
-           "boundary_error_rates", "power_table", "stream_bounds", "largest_certified", "passes_per_image", "method_table",
+           "boundary_error_rates", "BoundaryConfig", "boundary_configs", "stored_boundary_rates", "power_table", "stream_bounds", "largest_certified", "passes_per_image", "method_table",
            "agreement_check", "radius_categories", "radius_palette", "pass_ratios", "agreements", "claims", "setting_note"]
 
 CHAPTER = "A2_sequential_certification"
@@ -159,12 +159,13 @@ def certification(sigma: float, kind: str, profile: str, device: torch.device | 
 def planned_work(profile: str, seed: int = 0, device: str = "cpu") -> Plan:
     """The page's planned work: chapter 0's CNNs it loads (``trainings``; trained into chapter 0's store
     if absent), its reference logs (``certifications``; chapter 0's sequential and fixed-N logs are in
-    chapter 0's plan) and its ``rsbook bench sequential`` run (``other``, :func:`bench_config`)."""
+    chapter 0's plan), its ``rsbook bench sequential`` run and its boundary experiments (``other``,
+    :func:`bench_config`, :func:`boundary_configs`)."""
     sigmas = cohen2019.settings(profile).sequential_sigmas
     refs = [reference_config(sg, profile, seed) for sg in sigmas]
     certs = [Planned(cfg, cfg.model.arch, -(-TEST_SIZES["cifar10"] // cfg.every)) for cfg in refs]  # ceil
     return Plan(trainings=[cohen2019.cifar_config(sg, profile, seed=seed) for sg in sigmas], certifications=certs,
-                other=[bench_config(profile, device, seed)])
+                other=[bench_config(profile, device, seed), *boundary_configs(profile, seed)])
 
 
 # -- synthetic classifiers with a known p_A ------------------------------------------------------
@@ -210,6 +211,36 @@ def boundary_error_rates(p: float, alpha: float, n_max: int, runs: int, seed: in
     return {"p": p, "alpha": alpha, "runs": runs, "n_max": n_max, "looks": len(marks),
             "sequence": float(np.mean([c.certified[-1] for c in out])), "naive": float(np.mean(naive)),
             "fixed": float(np.mean(fixed)), "sequence_samples": float(np.mean([c.estimation for c in out]))}
+
+
+@dataclass(frozen=True)
+class BoundaryConfig:
+    """One :func:`boundary_error_rates` experiment (stored: thousands of synthetic sequential runs)."""
+
+    p: float
+    alpha: float
+    n_max: int
+    runs: int
+    seed: int = 0
+
+
+def boundary_configs(profile: str, seed: int = 0) -> list[BoundaryConfig]:
+    """The page's two boundary experiments, at ``p = Phi(1)`` and ``Phi(2)``, at ``profile``'s sizes."""
+    s = settings(profile)
+    return [BoundaryConfig(float(norm.cdf(z)), s.boundary_alpha, s.boundary_n_max, s.boundary_runs, seed) for z in (1.0, 2.0)]
+
+
+def stored_boundary_rates(cfg: BoundaryConfig, profile: str) -> tuple[dict[str, Any], float]:
+    """:func:`boundary_error_rates` of ``cfg``, loaded from A2's store or computed and stored, and the
+    seconds its computation took (from the artifact's metadata)."""
+    import json
+    from pathlib import Path
+
+    def compute(out, work):
+        Path(out).write_text(json.dumps(boundary_error_rates(cfg.p, cfg.alpha, cfg.n_max, cfg.runs, cfg.seed)))
+
+    path, meta = store(profile).load_or_compute(cfg, compute, "result.json")
+    return json.loads(Path(path).read_text()), float(meta["wall_time_s"])
 
 
 def power_table(ps: tuple[float, ...], sigma: float, radii: tuple[float, ...], n_max: int, alpha: float, runs: int,

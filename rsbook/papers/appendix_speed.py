@@ -75,7 +75,7 @@ def runs(profile: str, device: str = "cpu", seed: int = 0) -> list[BenchConfig]:
     if profile == "dry_run":  # tiny, the paper's code paths once each (its N = 10,000 and 100,000 runs shrink to one)
         # ResNet-110 runs a few images/s on a CPU core, so a handful of samples per image
         tiny = [dataclasses.replace(c, device="cpu", n0=4, n=16, images=max(2, len(c.sigmas)),
-                                    repeats=1, forward_seconds=0.1, compile="off", batch_size=64) for c in paper]
+                                    repeats=1, forward_seconds=0.1, compile="off", batch_size=8) for c in paper]
         return list(dict.fromkeys(tiny))
     return paper
 
@@ -106,7 +106,7 @@ def dual_runs(profile: str, device: str = "cpu", seed: int = 0) -> list[DualBenc
     check_profile(profile)
     base = DualBenchConfig(device=device, seed=seed)
     if profile in ("smoke", "dry_run"):
-        return [dataclasses.replace(base, images=2, n_h=50, n0=5, n=20, repeats=1, forward_seconds=0.1, batch_size=64,
+        return [dataclasses.replace(base, images=2, n_h=50, n0=5, n=20, repeats=1, forward_seconds=0.1, batch_size=8,
                                     classifier="cnn4" if profile == "smoke" else "cifar_resnet110")]
     if profile == "cpu":
         return [base]
@@ -176,7 +176,7 @@ def scaleout_live(profile: str, device: str = "cpu", seed: int = 0) -> dict[str,
         cfg = ScaleoutConfig(model="cnn4", images=3, n0=10, n=200, device="cpu", seed=seed, procs=(1, 2), threads=1)
     elif profile == "dry_run":
         cfg = ScaleoutConfig(model="cifar_resnet110", images=2, n0=10, n=50, device="cpu", seed=seed, procs=(1, 2), threads=1,
-                             batch_size=32)
+                             batch_size=8)
     elif profile == "paper":
         gpus = max(1, torch.cuda.device_count())
         cfg = ScaleoutConfig(model="cifar_resnet110", images=4 * gpus, n=100_000, device=device, seed=seed,
