@@ -279,6 +279,8 @@ def run_notebook(
     params = coerce_parameters(parameters or {}, defaults, source.stem)
     if "profile" in params:
         check_profile(params["profile"])
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
     if "device" in params:  # a bad device name fails here, with the fix, not after a kernel start
         resolve_device(params["device"], params.get("profile"))
     output = Path(output).resolve()
@@ -299,8 +301,6 @@ def run_notebook(
         env = {"RSBOOK_RUN_INFO": str(info_path), "RSBOOK_CLAIMS": str(claims),
                "MPLBACKEND": "module://matplotlib_inline.backend_inline", **_temporary_env(Path(tmp), tmp_dir)}
         if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-                raise ValueError(f"threads must be a positive integer, got {threads!r}")
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         t0 = time.perf_counter()
         error = ""

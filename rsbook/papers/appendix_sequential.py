@@ -13,8 +13,10 @@ The page certifies chapter 0's sigma = 0.25 and 0.5 CNNs three ways on CIFAR-10:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -233,9 +235,6 @@ def boundary_configs(profile: str, seed: int = 0) -> list[BoundaryConfig]:
 def stored_boundary_rates(cfg: BoundaryConfig, profile: str) -> tuple[dict[str, Any], float]:
     """:func:`boundary_error_rates` of ``cfg``, loaded from A2's store or computed and stored, and the
     seconds its computation took (from the artifact's metadata)."""
-    import json
-    from pathlib import Path
-
     def compute(out, work):
         Path(out).write_text(json.dumps(boundary_error_rates(cfg.p, cfg.alpha, cfg.n_max, cfg.runs, cfg.seed)))
 
