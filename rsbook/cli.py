@@ -119,7 +119,7 @@ def _book(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     return build_book(args.profile, only=args.only, build_html=not args.no_html, strict=not args.no_strict, out_dir=args.out,
-                      jobs=args.jobs)
+                      jobs=args.jobs, api_reference=not args.no_api)
 
 
 def _scorecard(args: argparse.Namespace) -> int:
@@ -333,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--only", nargs="+", metavar="CHAPTER", help="run only these chapters")
     b.add_argument("--no-html", action="store_true", help="execute the chapters but do not build the HTML")
     b.add_argument("--no-strict", action="store_true", help="do not turn Sphinx warnings into errors")
+    b.add_argument("--no-api", action="store_true",
+                   help="leave the API reference out of the HTML (a staged build only; most of the HTML build's time)")
     b.add_argument("--out", help="build a staged copy here (default: the checkout for profile cpu, _build/<profile> otherwise)")
     b.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                    help="run up to N chapters at once, each in its own kernel on one torch thread (default 1; 0: one per CPU core)")

@@ -27,6 +27,22 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The slow tests' longest ones first (CI's --durations), so that the two pytest-xdist workers finish
+# together instead of one running a long test alone at the end. xdist hands out tests in collection
+# order and keeps two queued on each worker: the first worker takes the smoke book (the longest, on
+# two kernels of its own) with a one-second test queued behind it, the second the next two longest.
+LONGEST_FIRST = ("test_book_builds_with_every_chapter_at_smoke_profile", "test_a_failing_notebook_is_reported",
+                 "dry_run[03_heat_smoothing]", "test_a_chapter_runs_under_torchrun", "dry_run[01_denoised_smoothing]",
+                 "dry_run[A1_certification_speed]")
+
+
+def _longest_first(item) -> int:
+    return next((k for k, name in enumerate(LONGEST_FIRST) if name in item.nodeid), len(LONGEST_FIRST))
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=_longest_first)  # stable: the others keep their order
+
 
 class ThresholdClassifier(nn.Module):
     """Class 1 if ``x_0 > t`` else class 0, on the first coordinate of a flattened image.

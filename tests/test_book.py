@@ -149,12 +149,13 @@ def _published_state():
 @pytest.mark.slow
 def test_book_builds_with_every_chapter_at_smoke_profile_outside_the_checkout(tmp_path, monkeypatch):
     """Every chapter runs at profile=smoke through the same papermill path as the book, and the HTML builds,
-    in a staged copy: the published book in the checkout is left as it was."""
+    in a staged copy: the published book in the checkout is left as it was. (Without the API reference, most
+    of the HTML build's time: the cpu build in CI renders it, and the browser test checks its links.)"""
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("MPLBACKEND", "Agg")  # as a headless CI might set it
     monkeypatch.setenv("RSBOOK_DATA", str(tmp_path / "no-data"))  # smoke needs no dataset
     before = _published_state()
-    assert build_book("smoke", out_dir=tmp_path / "book", jobs=2) == 0  # two chapters at a time: each runs torch on 1 thread
+    assert build_book("smoke", out_dir=tmp_path / "book", jobs=2, api_reference=False) == 0  # two at a time, 1 torch thread each
     assert _published_state() == before
     src = tmp_path / "book" / "src"
     status = json.loads((src / "book" / "generated" / "status.json").read_text())
@@ -169,6 +170,7 @@ def test_book_builds_with_every_chapter_at_smoke_profile_outside_the_checkout(tm
         page = (html / "book" / "generated" / f"{c.stem}.html").read_text()
         assert "Traceback" not in page
     assert "Build status" in (html / "book" / "generated" / "status.html").read_text()
+    assert "leaves the API reference out" in (html / "book" / "api.html").read_text() and not (html / "book" / "api").exists()
 
 
 @pytest.fixture(scope="session")
@@ -462,3 +464,23 @@ def test_a_kernels_threads_must_be_a_positive_integer(tmp_path, monkeypatch):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="threads must be a positive integer"):
             run_notebook("nb", tmp_path / "x.ipynb", {"profile": "smoke"}, threads=bad)
+
+
+def test_a_staged_build_can_leave_the_api_reference_out_but_the_published_book_cannot(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from rsbook.book.pipeline import drop_api_reference, stage_sources
+
+    src = stage_sources(REPO, tmp_path / "src")
+    assert "autosummary::" in (src / "book" / "api.md").read_text()
+    drop_api_reference(src)
+    assert "autosummary" not in (src / "book" / "api.md").read_text()  # the page stays, so links to it resolve
+    config = yaml.safe_load((src / "_config.yml").read_text())
+    assert config == {**yaml.safe_load((REPO / "_config.yml").read_text()), "sphinx": config["sphinx"]}  # nothing else changed
+    sphinx = config["sphinx"]["config"]
+    assert sphinx["autosummary_generate"] is False and ["py:.*", ".*"] in sphinx["nitpick_ignore_regex"]
+    assert config["sphinx"]["extra_extensions"] == yaml.safe_load((REPO / "_config.yml").read_text())["sphinx"]["extra_extensions"]
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ValueError, match="always has its API reference"):
+        build_book("cpu", build_html=False, api_reference=False)
+    assert cli.main(["book", "--no-api"]) == 2 and "always has its API reference" in capsys.readouterr().err

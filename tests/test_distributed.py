@@ -186,13 +186,14 @@ def test_a_one_process_run_does_not_overrun_shards_of_a_torchrun_run(shards):
 @pytest.mark.slow
 def test_a_chapter_runs_under_torchrun(tmp_path):
     """Chapter 3 at smoke (its models, sharded certification, attack logs and audits) with 2 ranks: rank 0 trains
-    and fine-tunes alone, every rank certifies and attacks its shard, both executed notebooks come out. (Its
-    dry run, with the paper's architectures and the ImageNet path, runs in one process in test_book.py.)"""
+    and fine-tunes alone, every rank certifies and attacks its shard (2 of the 4 test images), both executed
+    notebooks come out. (Its dry run, with the paper's architectures and the ImageNet path, runs in one process
+    in test_book.py.)"""
     env = fresh_launch_env()
     env["RSBOOK_DATA"] = str(tmp_path / "no-data")  # the smoke profile needs no dataset
     out = tmp_path / "ch3.ipynb"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "rsbook", "run",
-           "03_heat_smoothing", "-p", "profile", "smoke", "-o", str(out)]
+           "03_heat_smoothing", "-p", "profile", "smoke", "-p", "every", "2500", "-o", str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=Path(tc.__file__).parents[1])
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert done.stdout.count("03_heat_smoothing: ok") == 2

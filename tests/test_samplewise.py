@@ -1,6 +1,9 @@
 """Chapter 2: sample-wise smoothing's allocation, level choice, DDRS wrapper and worked example."""
 
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.stats import norm
@@ -165,3 +168,20 @@ def test_the_worked_example_refutes_the_naive_certificate_and_not_the_sound_ones
     assert t < x0["sigma (rule)"] * norm.ppf(p1(0.0, x0["sigma (rule)"]))  # x' lies inside the naive radius of x_0
     assert x0["transductive radius"] <= t and x0["inductive radius"] <= t
     assert x0["transductive radius"] + xp["transductive radius"] <= t + 1e-12
+
+
+def test_stored_inductive_radii_are_the_varying_radius_of_each_image_and_refuse_another_log(tmp_path, monkeypatch):
+    from rsbook.core.varying import varying_radius
+
+    monkeypatch.setenv("RSBOOK_TMP", str(tmp_path))  # the smoke store goes here
+    cfg = dataclasses.replace(ch.inductive_config("mnist", "smoke"), lo=0.2495, hi=0.2505)  # a narrow band: some certify
+    log = pd.DataFrame({"idx": [40, 0, 20], "predict": [3, -1, 7], "radius": [0.5, 0.0, 0.01], "sigma": [0.25, 0.25, 0.25]})
+    radii = ch.stored_inductive(cfg, log, "smoke")  # in image order: 0 (abstained), 20, 40
+    assert np.isnan(radii[0])
+    for r, rad in zip(radii[1:], (0.01, 0.5)):
+        res = varying_radius(float(norm.cdf(rad / 0.25)), 0.25, cfg.lo, cfg.hi, 784, r_max=cfg.r_max)
+        assert (r == res.radius) if res.certified else np.isnan(r)
+    assert np.isfinite(radii[2]) and 0 < radii[2] < 0.5  # certified, below Cohen's radius at a fixed level
+    np.testing.assert_array_equal(ch.stored_inductive(cfg, log, "smoke"), radii)  # loaded back as computed
+    with pytest.raises(ValueError, match="other images than this log's"):
+        ch.stored_inductive(cfg, log.iloc[:2], "smoke")

@@ -440,6 +440,26 @@ def stage_sources(root: Path, dst: Path) -> Path:
     return dst
 
 
+#: What a staged build without the API reference shows at ``book/api`` (links to it still resolve).
+_API_PLACEHOLDER = ("# API reference\n\nThis build of the book leaves the API reference out (`build_book(api_reference=False)`, "
+                    "`rsbook book --no-api`); the published book has it.\n")
+
+
+def drop_api_reference(src_root: Path) -> None:
+    """Leave the API reference out of the staged book in ``src_root``: ``book/api.md`` becomes a
+    placeholder page, autosummary writes no stubs, and the chapters' Python roles (``{py:mod}`` ...),
+    which then have no target, are not reported by the strict (``-n``) build."""
+    import yaml
+
+    (src_root / "book" / "api.md").write_text(_API_PLACEHOLDER)
+    config_path = src_root / "_config.yml"
+    config = yaml.safe_load(config_path.read_text())
+    sphinx_config = config.setdefault("sphinx", {}).setdefault("config", {})
+    sphinx_config["autosummary_generate"] = False
+    sphinx_config["nitpick_ignore_regex"] = [*sphinx_config.get("nitpick_ignore_regex", []), ["py:.*", ".*"]]
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 def _workers(jobs: int) -> int:
     """How many chapters run at once for ``jobs`` (0: one per CPU core this process may use)."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
@@ -483,6 +503,7 @@ def build_book(
     strict: bool = True,
     out_dir: str | Path | None = None,
     jobs: int = 1,
+    api_reference: bool = True,
 ) -> int:
     """Execute every chapter at ``profile`` and build the HTML; returns 0 if all ran and the book built.
 
@@ -496,14 +517,24 @@ def build_book(
     order they finish in. At ``smoke`` and ``dry_run`` the chapters share one folder of temporary
     stores, removed at the end (a chapter that loads another's models reuses them).
 
+    ``api_reference=False`` (staged builds only) leaves the API reference out of the HTML
+    (:func:`drop_api_reference`): the chapters' API links render as plain text. Generating it is
+    most of the HTML build; the published book always has it.
+
     Raises:
-        ValueError: for a negative ``jobs`` or an unknown ``profile``.
+        ValueError: for a negative ``jobs``, an unknown ``profile``, or ``api_reference=False``
+            for the published book.
     """
     check_profile(profile)
     workers = _workers(jobs)
     root = repo_root()
     staged = out_dir is not None or profile != "cpu"
+    if not api_reference and not staged:
+        raise ValueError("the published book (profile cpu in the checkout) always has its API reference: "
+                         "build a staged copy (out_dir=...) to leave it out")
     src_root = stage_sources(root, Path(out_dir or root / "_build" / profile) / "src") if staged else root
+    if not api_reference:
+        drop_api_reference(src_root)
     gen = src_root / "book" / "generated"
     gen.mkdir(parents=True, exist_ok=True)
     todo = [src for src in toc_order(chapters(root), root) if not only or src.stem in only]

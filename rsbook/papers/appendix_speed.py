@@ -93,7 +93,7 @@ def denoised_runs(profile: str, device: str = "cpu", seed: int = 0) -> list[Deno
     s = score_denoising.settings(profile)
     base = DenoisedBenchConfig(width=s.score_width, levels=s.anneal.levels, steps=s.anneal.steps, device=device, seed=seed)
     if profile in ("smoke", "dry_run"):
-        # dry_run keeps the paper's networks (a width-128 U-Net, L x T = 10 evaluations, ResNet-110), so its batches stay tiny
+        # dry_run keeps the paper's networks (a width-128 U-Net, ResNet-110) on chapter 1's dry-run schedule, so its batches stay tiny
         return [dataclasses.replace(base, images=2, n0=2, n=8, repeats=1, forward_seconds=0.1, loop_samples=2, compile="off",
                                     batch_size=8, classifier="cnn4" if profile == "smoke" else "cifar_resnet110")]
     if profile == "cpu":
@@ -175,7 +175,7 @@ def scaleout_live(profile: str, device: str = "cpu", seed: int = 0) -> dict[str,
     if profile == "smoke":
         cfg = ScaleoutConfig(model="cnn4", images=3, n0=10, n=200, device="cpu", seed=seed, procs=(1, 2), threads=1)
     elif profile == "dry_run":
-        cfg = ScaleoutConfig(model="cifar_resnet110", images=2, n0=10, n=50, device="cpu", seed=seed, procs=(1, 2), threads=1,
+        cfg = ScaleoutConfig(model="cifar_resnet110", images=2, n0=4, n=16, device="cpu", seed=seed, procs=(1, 2), threads=1,
                              batch_size=8)
     elif profile == "paper":
         gpus = max(1, torch.cuda.device_count())

@@ -45,7 +45,7 @@ from .variational import spread_table
 __all__ = ["CHAPTER", "DATASETS", "DIMS", "Settings", "settings", "store", "pretrain_config", "assignment_config",
            "finetune_config", "TestSigmas", "test_sigmas_config", "DDRSSigmas", "ddrs_config", "load_model", "assignment",
            "test_sigmas", "ddrs_table", "certify_config", "certification", "baseline_logs", "transductive", "order_spread",
-           "inductive", "worked_example", "spread", "SpreadConfig", "spread_config", "stored_spread", "summary", "as_curve", "log_curve", "MACER_CIFAR10", "MACER_SOURCE", "claims", "planned_work"]
+           "inductive", "InductiveConfig", "inductive_config", "stored_inductive", "worked_example", "spread", "SpreadConfig", "spread_config", "stored_spread", "summary", "as_curve", "log_curve", "MACER_CIFAR10", "MACER_SOURCE", "claims", "planned_work"]
 
 CHAPTER = "02_samplewise_smoothing"
 DATASETS = ("cifar10", "mnist")
@@ -305,6 +305,43 @@ def inductive(log: pd.DataFrame, dataset: str, lo: float, hi: float, r_max: floa
 
 
 @dataclass(frozen=True)
+class InductiveConfig:
+    """What determines the inductive radii of a certification log (:func:`inductive`): the
+    certification and the levels ``[lo, hi]`` the rule may give inside the ball. Stored: each
+    certified image is an exact worst-case search."""
+
+    certification: CertifyConfig
+    lo: float
+    hi: float
+    r_max: float = 4.0
+
+
+def inductive_config(dataset: str, profile: str, seed: int = 0) -> InductiveConfig:
+    """The inductive certificate of the fine-tuned model's certification on ``dataset`` over the
+    profile's whole level grid (before its level table exists, at a stand-in table, for the plan)."""
+    s = settings(profile)
+    planned = _planned(finetune_config(dataset, profile, seed), test_sigmas_config(dataset, profile, seed), profile, seed)
+    return InductiveConfig(planned.config, min(s.grid(dataset)), max(s.grid(dataset)))
+
+
+def stored_inductive(cfg: InductiveConfig, log: pd.DataFrame, profile: str) -> np.ndarray:
+    """:func:`inductive` of ``log`` (the certification ``cfg.certification``, in image order): loaded
+    from the chapter's store, or computed and stored."""
+    log = log.sort_values("idx")
+
+    def compute(out, work):
+        radius = inductive(log, cfg.certification.dataset, cfg.lo, cfg.hi, cfg.r_max)
+        pd.DataFrame({"idx": log["idx"].to_numpy(), "radius": radius}).to_csv(out, sep="\t", index=False)
+
+    path, _ = store(profile).load_or_compute(cfg, compute, "tsv")
+    table = pd.read_csv(path, sep="\t")
+    if table["idx"].tolist() != log["idx"].tolist():
+        raise ValueError(f"the stored inductive radii at {path} are of other images than this log's: delete that file "
+                         "to compute them for this log")
+    return table["radius"].to_numpy()
+
+
+@dataclass(frozen=True)
 class SpreadConfig:
     """The grid of :func:`spread` (its table is stored: each point is an exact worst-case search
     that costs seconds)."""
@@ -491,5 +528,6 @@ def planned_work(profile: str, seed: int = 0) -> Plan:
     tables = [(finetune_config(ds, profile, seed), test_sigmas_config(ds, profile, seed)) for ds in DATASETS]
     tables += [(pretrain_config(ds, profile, seed), test_sigmas_config(ds, profile, seed, pretrained_only=True)) for ds in DATASETS]
     tables += [(ddrs_config(ds, profile, seed).model, ddrs_config(ds, profile, seed)) for ds in DATASETS]
-    other = [assignment_config(ds, profile, seed) for ds in DATASETS] + [t for _, t in tables] + [spread_config(profile)]
+    other = ([assignment_config(ds, profile, seed) for ds in DATASETS] + [t for _, t in tables]
+             + [inductive_config(ds, profile, seed) for ds in DATASETS] + [spread_config(profile)])
     return Plan(trainings=tuple(trainings), certifications=tuple(_planned(m, t, profile, seed) for m, t in tables), other=tuple(other))

@@ -132,6 +132,10 @@ class Settings:
     white_box_epochs: int = 0  # Laplace / uniform white-box models; 0: chapter 0's epochs
 
 
+#: A dry run's multi-step schedule: Algorithm 1's two loops (levels, steps per level) each taken
+#: more than once, with fewer evaluations of the paper's width-128 U-Net (L x T = 4, not 10).
+DRY_RUN_ANNEAL = Anneal(levels=2, steps=2)
+
 _SETTINGS = {
     # CI: tiny networks, one epoch on the shipped 1,000 training images, 5 test images, N = 100
     "smoke": Settings(score_width=8, score_epochs=1, score_batch=64, score_lr=2e-3, dncnn_depth=4, dncnn_width=8,
@@ -152,8 +156,9 @@ _SETTINGS = {
 def settings(profile: str, n: int = 0, every: int = 0, multi_every: int = 0,
              sigmas: tuple[float, ...] | str = ()) -> Settings:
     """The settings at ``profile``; ``dry_run`` is ``paper`` with one batch (of chapter 0's ``DRY_RUN_BATCH`` images) per epoch and one
-    epoch, two test images, n0 = 2, N = 8 and its first sigma only (derived, so it cannot
-    drift from ``paper``; the multi-step schedule and the networks are the paper profile's).
+    epoch, two test images, n0 = 2, N = 8, its first sigma only and the multi-step schedule
+    :data:`DRY_RUN_ANNEAL` (derived, so it cannot drift from ``paper``; the networks are the paper
+    profile's).
 
     A reader's rerun overrides the certification: ``n`` samples, every ``every``-th test image
     (``multi_every`` for the multi-step denoiser), the Gaussian levels ``sigmas`` (a tuple or a
@@ -165,7 +170,7 @@ def settings(profile: str, n: int = 0, every: int = 0, multi_every: int = 0,
     if profile == "dry_run":
         s = dataclasses.replace(s, score_epochs=1, dncnn_epochs=1, max_batches=1, score_batch=cohen2019.DRY_RUN_BATCH,
                                 train_subset=cohen2019.DRY_RUN_BATCH, every=5000,
-                                multi_every=5000, n0=2, n=8, sigmas=s.sigmas[:1])
+                                multi_every=5000, n0=2, n=8, sigmas=s.sigmas[:1], anneal=DRY_RUN_ANNEAL)
     if isinstance(sigmas, str):
         try:
             sigmas = tuple(float(v) for v in sigmas.replace(" ", "").split(",") if v)
