@@ -51,6 +51,7 @@ __all__ = [
     "toc_order",
     "build_versions",
     "stage_sources",
+    "drop_api_reference",
     "KERNEL_ARGUMENTS",
 ]
 
