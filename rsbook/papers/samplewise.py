@@ -39,7 +39,7 @@ from ..training.classifier import TrainConfig
 from ..training.samplewise import SampleWiseConfig, SigmaAssignment, assigned_sigmas
 from ..training.stored import trained
 from . import cohen2019
-from .common import smooth_for
+from .common import smooth_for, stored_table
 from .variational import spread_table
 
 __all__ = ["CHAPTER", "DATASETS", "DIMS", "Settings", "settings", "store", "pretrain_config", "assignment_config",
@@ -328,16 +328,11 @@ def stored_inductive(cfg: InductiveConfig, log: pd.DataFrame, profile: str) -> n
     """:func:`inductive` of ``log`` (the certification ``cfg.certification``, in image order): loaded
     from the chapter's store, or computed and stored."""
     log = log.sort_values("idx")
-
-    def compute(out, work):
-        radius = inductive(log, cfg.certification.dataset, cfg.lo, cfg.hi, cfg.r_max)
-        pd.DataFrame({"idx": log["idx"].to_numpy(), "radius": radius}).to_csv(out, sep="\t", index=False)
-
-    path, _ = store(profile).load_or_compute(cfg, compute, "tsv")
-    table = pd.read_csv(path, sep="\t")
+    table = stored_table(store(profile), cfg, lambda: pd.DataFrame(
+        {"idx": log["idx"].to_numpy(), "radius": inductive(log, cfg.certification.dataset, cfg.lo, cfg.hi, cfg.r_max)}))
     if table["idx"].tolist() != log["idx"].tolist():
-        raise ValueError(f"the stored inductive radii at {path} are of other images than this log's: delete that file "
-                         "to compute them for this log")
+        raise ValueError(f"the stored inductive radii at {store(profile).paths(cfg, 'tsv')[0]} are of other images than this "
+                         "log's: delete that file to compute them for this log")
     return table["radius"].to_numpy()
 
 
@@ -360,11 +355,7 @@ def spread_config(profile: str) -> SpreadConfig:
 
 def stored_spread(cfg: SpreadConfig, profile: str) -> pd.DataFrame:
     """:func:`spread` on ``cfg``'s grid: loaded from the chapter's store, or computed and stored."""
-    def compute(out, work):
-        spread(cfg.ps, cfg.spreads, cfg.sigma0).to_csv(out, sep="\t", index=False)
-
-    path, _ = store(profile).load_or_compute(cfg, compute, "tsv")
-    return pd.read_csv(path, sep="\t")
+    return stored_table(store(profile), cfg, lambda: spread(cfg.ps, cfg.spreads, cfg.sigma0))
 
 
 def spread(ps: tuple[float, ...] = (0.9, 0.99, 0.999), spreads: tuple[float, ...] = (0.001, 0.01, 0.05), sigma0: float = 0.25) -> pd.DataFrame:

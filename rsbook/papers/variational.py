@@ -38,7 +38,7 @@ from ..training.classifier import TrainConfig
 from ..training.selector import SelectorConfig
 from ..training.stored import trained
 from . import cohen2019
-from .common import smooth_for
+from .common import smooth_for, stored_table
 
 __all__ = ["CHAPTER", "Settings", "settings", "store", "base_config", "selector_config", "load_classifier", "load_selector", "selector_response",
            "ExperimentA", "experiment_a_config", "experiment_a", "ExperimentB", "experiment_b_config", "experiment_b",
@@ -414,11 +414,7 @@ def spread_table_config(profile: str) -> SpreadTableConfig:
 
 def stored_spread_table(cfg: SpreadTableConfig, profile: str) -> pd.DataFrame:
     """:func:`spread_table` on ``cfg``'s grid: loaded from the chapter's store, or computed and stored."""
-    def compute(out, work):
-        spread_table(cfg.p, cfg.sigma0, cfg.dims, cfg.spreads, cfg.r_max).to_csv(out, sep="\t", index=False)
-
-    path, _ = store(profile).load_or_compute(cfg, compute, "tsv")
-    return pd.read_csv(path, sep="\t")
+    return stored_table(store(profile), cfg, lambda: spread_table(cfg.p, cfg.sigma0, cfg.dims, cfg.spreads, cfg.r_max))
 
 
 def spread_table(p: float = 0.99, sigma0: float = 0.25, dims: tuple[int, ...] = (10, 784, D_IMAGE),
