@@ -3,15 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .book.profiles import PROFILES
 
 if TYPE_CHECKING:
     from .infra.distributed import World
+
+
+class Terminated(SystemExit):
+    """SIGTERM as an exception (exit status 143), so that a stopped ``rsbook run`` (or a one-chapter-at-a-time
+    ``rsbook book``) unwinds as on Ctrl-C: its kernel is shut down and its temporary folders are removed.
+    Stored artifacts are written atomically and kept; a rerun resumes from them. ``rsbook book --jobs N``
+    keeps the default SIGTERM (an immediate stop): its chapters run in threads, which an exception in the
+    main thread would wait for."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` inside the block (in the main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -30,7 +58,11 @@ def _run(args: argparse.Namespace) -> int:
         out = out.with_name(f"{out.stem}.rank{w.rank}{out.suffix}")
     shared = _shared_tmp(out, src.stem) if w.distributed else None
     try:
-        result = run_notebook(src, out, params, log_output=args.log_output, tmp_dir=shared)
+        with _stopped_by_sigterm():
+            result = run_notebook(src, out, params, log_output=args.log_output, tmp_dir=shared)
+    except Terminated:
+        shared = None  # stopped: no waiting for the other ranks' marks (they are being stopped too)
+        raise
     finally:
         if shared is not None:
             _release_shared_tmp(shared, w)
@@ -118,8 +150,9 @@ def _book(args: argparse.Namespace) -> int:
               f"{args.profile}`; then build the pages from the stored results with a plain `rsbook book --profile {args.profile}`",
               file=sys.stderr)
         return 2
-    return build_book(args.profile, only=args.only, build_html=not args.no_html, strict=not args.no_strict, out_dir=args.out,
-                      jobs=args.jobs, api_reference=not args.no_api)
+    with _stopped_by_sigterm() if args.jobs == 1 else contextlib.nullcontext():
+        return build_book(args.profile, only=args.only, build_html=not args.no_html, strict=not args.no_strict,
+                          out_dir=args.out, jobs=args.jobs, api_reference=not args.no_api)
 
 
 def _scorecard(args: argparse.Namespace) -> int:

@@ -192,6 +192,20 @@ def test_a1_names_the_machine_of_each_run():
     assert [a1.same_machine(r, here, feats) for r in (old, same, other)] == [None, True, False]
     assert a1.same_machine(same, "cpu: Test CPU (1 threads)", feats) is False
     assert a1.measured_on(same) == here and a1.machine_load(old).startswith("idle")
+    # a run stored with the old "(1 threads)" is the same kind of machine as today's "(1 thread)"
+    one = {**same, "meta": {**same["meta"], "device": "cpu: Test CPU (1 threads)"}}
+    assert a1.same_machine(one, "cpu: Test CPU (1 thread)", feats) is True
+
+
+def test_the_device_name_counts_torch_threads_in_words(monkeypatch):
+    import torch
+
+    from rsbook.infra import provenance
+
+    monkeypatch.setattr(provenance, "_cpu_model", lambda: "Test CPU")
+    for threads, words in ((1, "(1 thread)"), (2, "(2 threads)")):
+        monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
+        assert provenance.device_name("cpu") == f"cpu: Test CPU {words}"
 
 
 def test_a1_page_text_and_claims_from_known_runs():

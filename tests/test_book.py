@@ -227,6 +227,33 @@ def test_a_smoke_run_leaves_no_temporary_folder_behind_even_when_it_fails(tmp_pa
     assert "deliberate failure" in result.error
 
 
+def test_a_run_stopped_by_sigterm_exits_143_and_leaves_no_temporary_folder_behind(tmp_path):
+    """``rsbook run`` stopped mid-cell (a job scheduler's SIGTERM) unwinds: the kernel stops and the run's folder goes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nb = tmp_path / "sleepy.md"
+    nb.write_text(_NB_HEAD + "```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = \"cpu\"\n```\n\n"
+                  "```{code-cell} ipython3\nimport time\nprint('STARTED', flush=True)\ntime.sleep(300)\n```\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "rsbook", "run", str(nb), "-o", str(tmp_path / "out.ipynb"),
+                             "-p", "profile", "smoke"], cwd=REPO, env={**os.environ, "TMPDIR": str(tmp)})
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp.glob("rsbook-run-*/tmp")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(tmp.glob("rsbook-run-*")), "the run never started its kernel"
+        time.sleep(2)  # the kernel is in the sleeping cell (or starting it)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert not list(tmp.glob("rsbook-run-*")), list(tmp.iterdir())
+
+
 @pytest.mark.slow
 def test_a_smoke_run_under_torchrun_removes_rank_zeros_stores_after_every_rank(tmp_path):
     """Every rank uses rank 0's temporary store; it is removed once both ranks are done, and nothing is left."""

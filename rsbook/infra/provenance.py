@@ -70,11 +70,13 @@ def cpu_features() -> dict[str, object]:
 
 
 def device_name(device: torch.device | str | None = None) -> str:
-    """A readable name of the device, e.g. ``NVIDIA H100 80GB HBM3`` or ``cpu: <model> (2 threads)``."""
+    """A readable name of the device, e.g. ``NVIDIA H100 80GB HBM3`` or ``cpu: <model> (2 threads)``
+    (``(1 thread)`` on one)."""
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu: {_cpu_model()} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu: {_cpu_model()} ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def provenance(device: torch.device | str | None = None) -> dict[str, str]:

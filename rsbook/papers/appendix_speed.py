@@ -241,9 +241,11 @@ TARGET_RULE = ("A target is *met* when even the worst case over the benchmark's 
 
 def measured_on(res: dict) -> str:
     """The device that measured a stored benchmark result (``bench certify``/``denoised``/``sequential``
-    record it in ``meta["device"]``, ``bench scaleout`` in ``meta["provenance"]["device"]``)."""
+    record it in ``meta["device"]``, ``bench scaleout`` in ``meta["provenance"]["device"]``). Runs stored before
+    :func:`rsbook.infra.provenance.device_name` said ``(1 thread)`` read as such (they said ``(1 threads)``)."""
     meta = res["meta"]
-    return meta.get("device") or meta.get("provenance", {}).get("device") or "not recorded"
+    device = meta.get("device") or meta.get("provenance", {}).get("device") or "not recorded"
+    return device.replace("(1 threads)", "(1 thread)")
 
 
 def same_machine(res: dict, here: str, here_features: dict | None = None) -> bool | None:
